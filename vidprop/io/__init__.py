@@ -1,0 +1,1 @@
+"""Data stage: frame sources (image folders, video files, DAVIS), resizing, prefetch and mask I/O."""
