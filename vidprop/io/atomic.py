@@ -1,0 +1,178 @@
+"""Atomic file output and completion markers.
+
+Every file vidprop writes goes through :func:`atomic_write` or :func:`atomic_save`: the data
+goes to a temporary file in the destination folder, is flushed and fsynced, then renamed over
+the destination with :func:`os.replace` (atomic on POSIX and Windows within one filesystem).
+On error the temporary file is removed and the destination is left as it was, so a reader
+never sees a half-written file.
+
+A folder of outputs (one video's masks, one video's features) is "complete" only once its
+marker file :data:`COMPLETE_MARKER` exists; :func:`mark_complete` writes it last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+__all__ = [
+    "COMPLETE_MARKER",
+    "atomic_write",
+    "atomic_save",
+    "mark_complete",
+    "is_complete",
+    "read_complete_info",
+    "clear_complete",
+]
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = ".vidprop-complete"
+
+
+def _temp_path(path: Path) -> Path:
+    """A fresh, unused temporary path in ``path``'s folder that keeps ``path``'s suffix."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    return Path(name)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a rename in ``folder`` (best effort: not every platform can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file that replaces ``path`` when the ``with`` block ends without error.
+
+    Args:
+        path: destination file; its parent folder is created if missing.
+        mode: ``"wb"`` or ``"w"`` (also ``"xb"``/``"x"``: fail if ``path`` exists).
+        **open_kwargs: passed to :func:`open` (e.g. ``encoding="utf-8"``, ``newline=""``).
+
+    Yields:
+        The open temporary file object.
+
+    Raises:
+        ValueError: ``mode`` is not a write mode.
+        FileExistsError: ``mode`` starts with ``x`` and ``path`` exists.
+    """
+    if mode not in ("w", "wb", "wt", "x", "xb", "xt"):
+        raise ValueError(f"atomic_write: mode must be a write mode ('w', 'wb', 'x', 'xb'), got {mode!r}")
+    path = Path(path)
+    exclusive = mode.startswith("x")
+    if exclusive and path.exists():
+        raise FileExistsError(f"{path}: file exists")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if "b" not in mode and "encoding" not in open_kwargs:
+        open_kwargs["encoding"] = "utf-8"
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "w" + mode[1:], **open_kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        _replace(tmp, path, exclusive)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _replace(tmp: Path, path: Path, exclusive: bool) -> None:
+    if exclusive:
+        # os.link fails if the destination exists, which keeps "x" semantics race-free.
+        os.link(tmp, path)
+        tmp.unlink()
+    else:
+        os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_save(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
+    """Let ``writer`` write to a temporary path, then rename it to ``path``.
+
+    For libraries that want a file name rather than a file object (``PIL.Image.save``,
+    ``torch.save``, ``np.save``). The temporary path is in the same folder and ends with the same
+    suffix as ``path``, so format detection by extension works.
+
+    Args:
+        path: destination file; its parent folder is created if missing.
+        writer: called once with the temporary path; must create that file.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        Whatever ``writer`` raises (the destination is then untouched and the temporary file
+        removed); FileNotFoundError if ``writer`` returned without writing the file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        writer(tmp)
+        if not tmp.is_file():
+            raise FileNotFoundError(f"{path}: the writer did not create the temporary file {tmp}")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        _replace(tmp, path, exclusive=False)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return path
+
+
+def mark_complete(folder: str | os.PathLike, info: dict | None = None) -> Path:
+    """Write the completion marker of ``folder`` (atomically), optionally with JSON ``info``.
+
+    Returns:
+        The marker's path.
+    """
+    marker = Path(folder) / COMPLETE_MARKER
+    with atomic_write(marker, "w") as fh:
+        json.dump(info or {}, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    return marker
+
+
+def is_complete(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` has its completion marker."""
+    return (Path(folder) / COMPLETE_MARKER).is_file()
+
+
+def read_complete_info(folder: str | os.PathLike) -> dict | None:
+    """The ``info`` stored by :func:`mark_complete`, or None when the folder is not complete."""
+    marker = Path(folder) / COMPLETE_MARKER
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: unreadable completion marker (%s); treating the folder as incomplete", marker, exc)
+        return None
+    return data if isinstance(data, dict) else {}
+
+
+def clear_complete(folder: str | os.PathLike) -> None:
+    """Remove the completion marker of ``folder`` (no error if there is none)."""
+    _remove_quietly(Path(folder) / COMPLETE_MARKER)
