@@ -1,0 +1,117 @@
+"""The DAVIS-2017 folder layout.
+
+::
+
+    <root>/JPEGImages/<resolution>/<seq>/00000.jpg ...
+    <root>/Annotations/<resolution>/<seq>/00000.png ...   (semi-supervised: at least the first frame)
+    <root>/ImageSets/<year>/<split>.txt                   one sequence name per line
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from vidprop.errors import DavisLayoutError
+from vidprop.io.frames import natural_key
+from vidprop.io.image_folder import ImageFolderSource
+
+__all__ = ["DavisDataset"]
+
+logger = logging.getLogger(__name__)
+
+
+class DavisDataset:
+    """Sequences of one DAVIS split, with their frames and annotations.
+
+    Opening checks the layout and that every sequence of the split has a frame folder; the
+    frames themselves are read only by :meth:`frames`.
+
+    Args:
+        root: the DAVIS root (holding JPEGImages, Annotations, ImageSets).
+        split: name of a split list in ``ImageSets/<year>/`` ("val", "train", "test-dev", ...).
+        resolution: "480p" or "Full-Resolution".
+        year: the ImageSets sub-folder.
+
+    Attributes:
+        root, split, resolution: as given (root as a Path).
+        split_file: ``ImageSets/<year>/<split>.txt``.
+        sequences: sequence names in split-file order (blank lines and duplicates dropped).
+
+    Raises:
+        DavisLayoutError: missing root, JPEGImages/<resolution>, Annotations/<resolution> or
+            ImageSets/<year>; no such split file (the message lists the available ones); an
+            empty split; a listed sequence without a frame folder.
+    """
+
+    def __init__(self, root: str | Path, split: str = "val", resolution: str = "480p", year: str = "2017"):
+        root = Path(root)
+        if not root.is_dir():
+            raise DavisLayoutError("DAVIS root does not exist or is not a folder", root)
+        self.root = root
+        self.split = split
+        self.resolution = resolution
+        self.images_dir = root / "JPEGImages" / resolution
+        self.annotations_dir = root / "Annotations" / resolution
+        sets_dir = root / "ImageSets" / year
+        for folder in (self.images_dir, self.annotations_dir, sets_dir):
+            if not folder.is_dir():
+                raise DavisLayoutError(
+                    f"not a DAVIS root: missing folder {folder.relative_to(root)} "
+                    f"(expected JPEGImages/{resolution}, Annotations/{resolution} and ImageSets/{year})",
+                    root,
+                )
+        self.split_file = sets_dir / f"{split}.txt"
+        if not self.split_file.is_file():
+            available = sorted(p.stem for p in sets_dir.glob("*.txt"))
+            raise DavisLayoutError(
+                f"no split file for split {split!r} (available: {', '.join(available) or 'none'})", self.split_file
+            )
+        names = [line.strip() for line in self.split_file.read_text(encoding="utf-8").splitlines()]
+        self.sequences: list[str] = list(dict.fromkeys(n for n in names if n))
+        if not self.sequences:
+            raise DavisLayoutError("split file lists no sequences", self.split_file)
+        missing = [s for s in self.sequences if not (self.images_dir / s).is_dir()]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise DavisLayoutError(
+                f"{len(missing)} sequence(s) of split {split!r} have no frame folder in "
+                f"JPEGImages/{resolution}: {shown}",
+                self.images_dir,
+            )
+        logger.debug("%s: split %s with %d sequences", root, split, len(self.sequences))
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __repr__(self) -> str:
+        return f"DavisDataset({str(self.root)!r}, split={self.split!r}, sequences={len(self)})"
+
+    def check_sequence(self, seq: str) -> None:
+        """Raise :class:`DavisLayoutError` unless ``seq`` is in the split."""
+        if seq not in self.sequences:
+            raise DavisLayoutError(f"sequence {seq!r} is not in split {self.split!r}", self.split_file)
+
+    def frames(self, seq: str) -> ImageFolderSource:
+        """The frames of sequence ``seq`` (DAVIS names them 00000, 00001, ...)."""
+        self.check_sequence(seq)
+        return ImageFolderSource(self.images_dir / seq)
+
+    def annotation_paths(self, seq: str) -> list[Path]:
+        """The annotation PNGs of ``seq`` in natural order (all frames for train/val, one for test-dev)."""
+        self.check_sequence(seq)
+        folder = self.annotations_dir / seq
+        if not folder.is_dir():
+            raise DavisLayoutError(f"sequence {seq!r} has no annotation folder", folder)
+        paths = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png"), key=lambda p: natural_key(p.name))
+        if not paths:
+            raise DavisLayoutError(f"sequence {seq!r} has no annotation PNGs", folder)
+        return paths
+
+    def first_mask_path(self, seq: str) -> Path:
+        """The annotation of ``seq``'s first frame (same name as the first JPEG, with .png)."""
+        first_frame = self.frames(seq).files[0]
+        path = self.annotations_dir / seq / f"{first_frame.stem}.png"
+        if not path.is_file():
+            raise DavisLayoutError(f"sequence {seq!r} has no annotation for its first frame {first_frame.name}", path)
+        return path
