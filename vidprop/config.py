@@ -1,0 +1,252 @@
+"""The composed configuration of a vidprop run: stage configs + runtime, YAML load/dump, overrides.
+
+Each stage owns its frozen config dataclass (:class:`~vidprop.io.config.DataConfig`,
+:class:`~vidprop.features.config.FeatureConfig`, :class:`~vidprop.propagation.PropagationConfig`,
+:class:`~vidprop.scoring.config.ScoringConfig`); this module only adds :class:`RuntimeConfig` and
+composes them into :class:`VidpropConfig`. Loading is strict: an unknown key fails with the
+closest valid name, a bad value with its dotted key (see :mod:`vidprop.config_base`).
+
+Precedence, lowest first: dataclass defaults (the paper's DAVIS setting), the YAML file,
+``overrides`` in order (``"propagation.topk=10"``; values parsed with :func:`yaml.safe_load`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping
+
+import yaml
+
+from vidprop import __version__
+from vidprop.config_base import check, from_dict, option, to_dict
+from vidprop.errors import ConfigError
+from vidprop.features.config import FeatureConfig
+from vidprop.io.config import DataConfig
+from vidprop.propagation.config import PropagationConfig
+from vidprop.scoring.config import ScoringConfig
+
+__all__ = [
+    "RuntimeConfig",
+    "VidpropConfig",
+    "load_config",
+    "dump_config",
+    "config_to_yaml",
+    "parse_override",
+    "result_fingerprint",
+    "DTYPES",
+]
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("float32", "float16", "bfloat16")
+VERSION_KEY = "vidprop_version"
+
+# "a.b=value" strings and/or (dotted key, value) pairs, or a mapping of dotted keys to values.
+Overrides = Iterable["str | tuple[str, Any]"] | Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how a run executes; none of it changes the masks except ``device``/``dtype`` rounding."""
+
+    device: str = option("auto", help="torch device: 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'")
+    dtype: str = option("float32", help="compute dtype of the feature extractor: float32, float16 or bfloat16")
+    seed: int = option(0, help="random seed (noise of the diffusion features); same seed, same masks")
+    num_shards: int = option(1, help="split the videos into this many shards (taken from WORLD_SIZE under torchrun)")
+    shard_index: int = option(0, help="which shard this process runs, 0 <= shard_index < num_shards (RANK under torchrun)")
+    overwrite: bool = option(False, help="redo videos whose outputs are already complete")
+    fail_fast: bool = option(False, help="stop at the first failing video instead of reporting it and going on")
+    overlay: bool = option(False, help="also write the masks blended over the frames, for a person to look at")
+    overlay_format: Literal["mp4", "png"] = option(
+        "mp4", help="overlay as one 'mp4' per video or as 'png' frames in an overlay/ folder per video"
+    )
+
+    def __post_init__(self) -> None:
+        check(_valid_device(self.device), "device", self.device, "'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'")
+        check(self.dtype in DTYPES, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")
+        check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        check(self.num_shards >= 1, "num_shards", self.num_shards, "an integer >= 1")
+        check(
+            0 <= self.shard_index < self.num_shards,
+            "shard_index",
+            self.shard_index,
+            f"0 <= shard_index < num_shards ({self.num_shards})",
+        )
+
+
+def _valid_device(device: str) -> bool:
+    if device in ("auto", "cpu", "cuda", "mps"):
+        return True
+    kind, _, index = device.partition(":")
+    return kind in ("cuda", "mps") and index.isdigit()
+
+
+@dataclasses.dataclass(frozen=True)
+class VidpropConfig:
+    """Every option of a run, one section per stage; defaults are the paper's DAVIS setting."""
+
+    data: DataConfig = option(default_factory=DataConfig, help="frame loading and resizing")
+    features: FeatureConfig = option(default_factory=FeatureConfig, help="feature extractor backend and cache")
+    propagation: PropagationConfig = option(default_factory=PropagationConfig, help="label propagation")
+    scoring: ScoringConfig = option(default_factory=ScoringConfig, help="DAVIS J&F scoring")
+    runtime: RuntimeConfig = option(default_factory=RuntimeConfig, help="device, dtype, seed, sharding, resume")
+
+    def replace(self, **sections: Any) -> "VidpropConfig":
+        """A copy with whole sections replaced, e.g. ``cfg.replace(runtime=rt)``."""
+        return dataclasses.replace(self, **sections)
+
+    def with_overrides(self, overrides: Overrides) -> "VidpropConfig":
+        """A copy with dotted overrides applied (same syntax as :func:`load_config`)."""
+        return from_dict(VidpropConfig, _overrides_tree(overrides), base=self)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``"a.b=value"`` into ``("a.b", parsed value)``; the value is parsed as YAML.
+
+    Raises:
+        ConfigError: no ``=`` or an empty key or unparsable value.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form KEY=VALUE (e.g. propagation.topk=10)", key=key or None)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse value {raw!r} as YAML ({exc})", key=key) from None
+    return key, value
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise ConfigError("empty part in dotted key", key=key)
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"'{'.'.join(parts[: i + 1])}' is a value, not a section", key=key)
+        node = child
+    last = parts[-1]
+    if isinstance(value, Mapping) and isinstance(node.get(last), dict):
+        _deep_merge(node[last], value)
+    else:
+        node[last] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _deep_merge(dest: dict, src: Mapping) -> None:
+    for key, value in src.items():
+        if isinstance(value, Mapping) and isinstance(dest.get(key), dict):
+            _deep_merge(dest[key], value)
+        else:
+            dest[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _overrides_tree(overrides: Overrides) -> dict:
+    tree: dict = {}
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    items = overrides.items() if isinstance(overrides, Mapping) else overrides
+    for item in items:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        what = "is a folder, not a YAML file" if path.is_dir() else "config file does not exist"
+        raise ConfigError(what, path=path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file ({exc})", path=path) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML ({exc})", path=path) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping of sections at the top level, got {type(data).__name__}", path=path)
+    version = data.pop(VERSION_KEY, None)
+    if version is not None and str(version) != __version__:
+        logger.info("%s was written by vidprop %s (this is %s)", path, version, __version__)
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Overrides = ()) -> VidpropConfig:
+    """Build a :class:`VidpropConfig` from defaults, an optional YAML file and dotted overrides.
+
+    Args:
+        path: YAML file with any subset of the sections (``data``, ``features``, ``propagation``,
+            ``scoring``, ``runtime``); a ``vidprop_version`` key (written by :func:`dump_config`)
+            is accepted and ignored.
+        overrides: ``"section.key=value"`` strings (values parsed as YAML, so ``10`` is an int,
+            ``null`` is None, ``[1, 2]`` a list), ``(dotted_key, value)`` pairs, or a mapping of
+            dotted keys to values; applied after the file, in order.
+
+    Returns:
+        The validated, frozen config.
+
+    Raises:
+        ConfigError: missing/unreadable file (with its absolute path), unknown key (with the
+            closest valid name) or bad value (with its dotted key).
+    """
+    tree: dict = {}
+    abs_path = None
+    if path is not None:
+        abs_path = Path(path).expanduser().absolute()
+        tree = _read_yaml(abs_path)
+        try:
+            # validate the file alone first, so that its errors name the file
+            from_dict(VidpropConfig, tree)
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, key=exc.key, path=abs_path) from None
+    _deep_merge(tree, _overrides_tree(overrides))
+    return from_dict(VidpropConfig, tree)
+
+
+def config_to_yaml(cfg: VidpropConfig) -> str:
+    """The YAML text of ``cfg`` with a ``vidprop_version`` line; :func:`load_config` reads it back."""
+    data = {VERSION_KEY: __version__, **_yaml_safe(to_dict(cfg))}
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def _yaml_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _yaml_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_yaml_safe(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def dump_config(cfg: VidpropConfig, path: str | os.PathLike) -> Path:
+    """Write ``cfg`` as YAML to ``path`` atomically (with the vidprop version). Returns the path."""
+    from vidprop.io.atomic import atomic_write
+
+    path = Path(path)
+    with atomic_write(path, "w") as fh:
+        fh.write(config_to_yaml(cfg))
+    return path
+
+
+def result_fingerprint(cfg: VidpropConfig) -> str:
+    """A short hash of every option that changes the output masks (not runtime, cache or scoring).
+
+    Used to tell whether a complete output folder was made with the same settings.
+    """
+    data = to_dict(cfg)
+    data.pop("runtime", None)
+    data.pop("scoring", None)
+    data.get("data", {}).pop("prefetch", None)
+    data.get("features", {}).pop("cache", None)
+    data["seed"] = cfg.runtime.seed
+    data["dtype"] = cfg.runtime.dtype
+    text = json.dumps(_yaml_safe(data), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
