@@ -168,6 +168,14 @@ def up_block_geometry(unet_config: Any, vae_config: Any) -> list[tuple[int, int]
     return [(channels[i], vae_scale * 2 ** max(n_up - 2 - i, 0)) for i in range(n_up)]
 
 
+def _check_layers(config: DiftConfig, unet_config: Any) -> None:
+    n_up = len(unet_config["up_block_types"] if isinstance(unet_config, dict) else unet_config.up_block_types)
+    if any(i >= n_up for i in config.layers):
+        raise ConfigError(
+            f"invalid value {config.up_ft_index!r} (this UNet has up blocks 0..{n_up - 1})", key="features.dift.up_ft_index"
+        )
+
+
 def encode_prompt(model_dir: Path, prompt: str) -> torch.Tensor:
     """Text embedding of ``prompt`` as Stable Diffusion pipelines compute it.
 
@@ -220,6 +228,7 @@ class DiftExtractor:
         config = config or DiftConfig()
         model_dir = resolve_model_dir(config.model_id, config.revision, config.hub_timeout_s)
         logger.info("loading Stable Diffusion from %s (model %s, revision %s)", model_dir, config.model_id, config.revision)
+        _check_layers(config, UNet2DConditionModel.load_config(model_dir, subfolder="unet"))
         prompt_embeds = encode_prompt(model_dir, config.prompt)
         vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=torch.float32)
         unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=dtype)
@@ -250,15 +259,11 @@ class DiftExtractor:
         self.config = config
         self.device = torch.device(device)
         self.dtype = dtype
+        _check_layers(config, unet.config)
         geometry = up_block_geometry(unet.config, vae.config)
         layers = config.layers
-        bad = [i for i in layers if i >= len(geometry)]
-        if bad:
-            raise ConfigError(
-                f"invalid value {config.up_ft_index!r} (this UNet has up blocks 0..{len(geometry) - 1})",
-                key="features.dift.up_ft_index",
-            )
         self.layers = layers
+        self.batch_size = config.batch_size
         self.layer_channels = tuple(geometry[i][0] for i in layers)
         self.layer_strides = tuple(geometry[i][1] for i in layers)
         self.channels = sum(self.layer_channels)
@@ -400,15 +405,15 @@ class DiftExtractor:
             if tuple(draws.shape) != expected:
                 raise ShapeError(f"{label}: expected shape {expected}, got {tuple(draws.shape)}")
         ensemble = int(posterior_eps.shape[1])
-        frames_per_chunk = max(1, self.config.batch_size // ensemble)
+        frames_per_chunk = max(1, self.batch_size // ensemble)
         outputs: dict[int, list[torch.Tensor]] = {i: [] for i in self.layers}
         for f0 in range(0, images.shape[0], frames_per_chunk):
             f1 = min(f0 + frames_per_chunk, images.shape[0])
             latents = self.noisy_latents(images[f0:f1], posterior_eps[f0:f1], noise[f0:f1])
             sums: dict[int, torch.Tensor] = {}
             frame_of_row = torch.arange(f1 - f0, device=self.device).repeat_interleave(ensemble)
-            for n0 in range(0, latents.shape[0], self.config.batch_size):
-                rows = slice(n0, n0 + self.config.batch_size)
+            for n0 in range(0, latents.shape[0], self.batch_size):
+                rows = slice(n0, n0 + self.batch_size)
                 for i, feats in self.unet_features(latents[rows]).items():
                     feats = feats.float()
                     if i not in sums:
