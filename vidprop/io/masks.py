@@ -166,7 +166,7 @@ class ObjectIds:
         """
         id_map = np.asarray(id_map, dtype=np.uint8)
         counts = np.bincount(id_map.ravel(), minlength=256)
-        unknown = [i for i in np.nonzero(counts)[0] if i not in (0, VOID_ID) and i not in self.ids]
+        unknown = [int(i) for i in np.nonzero(counts)[0] if i not in (0, VOID_ID) and i not in self.ids]
         if unknown:
             raise MaskError(f"mask contains object ids {unknown} that are not among the known objects {list(self.ids)}")
         lut = np.zeros(256, dtype=np.uint8)
