@@ -1,0 +1,199 @@
+"""Options shared by the sub-commands: the config file, ``--set`` overrides and shorthand flags.
+
+Help lines come from the config dataclasses' field metadata, so the CLI and the YAML presets
+never disagree. Precedence, lowest first: defaults, ``--config`` file, ``--set`` (in order),
+shorthand flags (``--device``, ``--topk``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Callable
+
+from vidprop.config_base import iter_fields
+
+__all__ = [
+    "Shorthand",
+    "SHORTHANDS",
+    "add_config_options",
+    "add_run_options",
+    "config_from_args",
+    "config_keys_help",
+    "quiet_secondary_ranks",
+    "print_summary",
+    "split_and_overrides",
+    "add_davis_options",
+    "parse_sequences",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shorthand:
+    """A plain flag that sets one config key (``--device cuda`` = ``--set runtime.device=cuda``)."""
+
+    flag: str
+    key: str
+    type: Callable[[str], Any] | None = str  # None: a switch that sets True
+    metavar: str | None = None
+    group: str = "config"  # "config" (every command) or "run" (commands that write per-video outputs)
+
+
+SHORTHANDS: tuple[Shorthand, ...] = (
+    Shorthand("--device", "runtime.device", metavar="DEVICE"),
+    Shorthand("--dtype", "runtime.dtype", metavar="DTYPE"),
+    Shorthand("--seed", "runtime.seed", int, metavar="N"),
+    Shorthand("--backend", "features.backend", metavar="NAME"),
+    Shorthand("--model", "features.dift.model_id", metavar="ID_OR_DIR"),
+    Shorthand("--cache-dir", "features.cache.dir", metavar="DIR"),
+    Shorthand("--short-side", "data.short_side", int, metavar="PIXELS"),
+    Shorthand("--topk", "propagation.topk", int, metavar="K"),
+    Shorthand("--num-shards", "runtime.num_shards", int, metavar="N"),
+    Shorthand("--shard-index", "runtime.shard_index", int, metavar="I"),
+    Shorthand("--overwrite", "runtime.overwrite", None, group="run"),
+    Shorthand("--fail-fast", "runtime.fail_fast", None, group="run"),
+    Shorthand("--overlay", "runtime.overlay", None, group="run"),
+)
+
+
+def _config_fields() -> dict[str, tuple[Any, Any, str]]:
+    from vidprop.config import VidpropConfig
+
+    return {key: (tp, default, help_) for key, tp, default, help_ in iter_fields(VidpropConfig)}
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+def config_keys_help() -> str:
+    """One line per config key (``key = default  help``), for ``--help`` epilogs."""
+    lines = ["config keys (set with --set KEY=VALUE or in the --config YAML file):"]
+    for key, (_, default, help_) in _config_fields().items():
+        lines.append(f"  {key} = {_yaml_text(default)}\n      {help_}")
+    return "\n".join(lines)
+
+
+def _yaml_text(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return str(value)
+
+
+def _dest(shorthand: Shorthand) -> str:
+    return "_sh_" + shorthand.flag.lstrip("-").replace("-", "_")
+
+
+def _add_shorthands(group: argparse._ArgumentGroup, which: str, flags: tuple[str, ...] | None = None) -> None:
+    fields = _config_fields()
+    for sh in SHORTHANDS:
+        if sh.group != which or (flags is not None and sh.flag not in flags):
+            continue
+        help_ = f"{fields[sh.key][2]} (= --set {sh.key}=...)"
+        if sh.type is None:
+            group.add_argument(sh.flag, dest=_dest(sh), action="store_const", const=True, default=None, help=_escape(help_))
+        else:
+            group.add_argument(sh.flag, dest=_dest(sh), type=sh.type, default=None, metavar=sh.metavar, help=_escape(help_))
+
+
+def add_config_options(parser: argparse.ArgumentParser, set_help: str = "") -> None:
+    """``--config``, ``--set`` and the config shorthands (device, dtype, seed, backend, ...)."""
+    group = parser.add_argument_group("configuration")
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="YAML preset, e.g. configs/davis2017_dift_sd.yaml (any subset of the keys listed below)",
+    )
+    group.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one config key, e.g. --set propagation.topk=10 (repeatable; value parsed as YAML)" + set_help,
+    )
+    _add_shorthands(group, "config")
+    parser.epilog = config_keys_help()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def add_run_options(parser: argparse.ArgumentParser, flags: tuple[str, ...] | None = None) -> None:
+    """Resume/failure/overlay switches of commands that write per-video outputs (``flags``: a subset)."""
+    _add_shorthands(parser.add_argument_group("run control"), "run", flags)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~vidprop.config.VidpropConfig` of parsed ``args`` (file, then --set, then flags)."""
+    from vidprop.config import load_config
+
+    overrides: list[Any] = list(getattr(args, "overrides", None) or [])
+    for sh in SHORTHANDS:
+        value = getattr(args, _dest(sh), None)
+        if value is not None:
+            overrides.append((sh.key, value))
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def quiet_secondary_ranks() -> None:
+    """Under torchrun, keep only rank 0's INFO logs and progress bars."""
+    from vidprop.log import set_progress_enabled
+
+    rank = os.environ.get("RANK")
+    if rank not in (None, "", "0"):
+        logging.getLogger("vidprop").setLevel(logging.WARNING)
+        set_progress_enabled(False)
+
+
+def print_summary(summary, out_dir) -> None:
+    """One line per failed video and a total line, on stdout."""
+    for outcome in summary.failed:
+        print(f"FAILED {outcome.name}: {outcome.error}")
+    frames = sum(o.frames for o in summary.outcomes)
+    print(
+        f"{summary.count('done')} video(s) done ({frames} frames), {summary.count('skipped')} already complete, "
+        f"{summary.count('failed')} failed -> {out_dir}"
+    )
+
+
+def split_and_overrides(args: argparse.Namespace, default: str = "val") -> str:
+    """Separate a DAVIS split given as ``--set val`` (as in the official tool) from ``--set KEY=VALUE``.
+
+    Removes the split from ``args.overrides`` and returns it (``args.split`` or ``default``
+    when none was given).
+
+    Raises:
+        InputError: two different splits.
+    """
+    from vidprop.errors import InputError
+
+    overrides = list(getattr(args, "overrides", None) or [])
+    splits = [o for o in overrides if "=" not in o]
+    args.overrides = [o for o in overrides if "=" in o]
+    explicit = getattr(args, "split", None)
+    chosen = set(splits) | ({explicit} if explicit else set())
+    if len(chosen) > 1:
+        raise InputError(f"several DAVIS splits given: {', '.join(sorted(chosen))} (give one)")
+    return chosen.pop() if chosen else default
+
+
+def add_davis_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--davis-root``, ``--split`` (or ``--set val``), ``--sequences``, ``--resolution``."""
+    group = parser.add_argument_group("DAVIS")
+    group.add_argument("--davis-root", metavar="ROOT", required=required, help="DAVIS folder with JPEGImages/, Annotations/, ImageSets/")
+    group.add_argument("--split", default=None, help="split list ImageSets/2017/<split>.txt (default val; also accepted as --set val)")
+    group.add_argument("--sequences", metavar="A,B", default=None, help="comma-separated sequences to run (default: the whole split)")
+    group.add_argument("--resolution", default="480p", choices=("480p", "Full-Resolution"), help="DAVIS resolution folder")
+
+
+def parse_sequences(text: str | None) -> list[str] | None:
+    """``"a,b"`` -> ``["a", "b"]``; None or empty -> None."""
+    if not text:
+        return None
+    return [s.strip() for s in text.split(",") if s.strip()] or None

@@ -1,0 +1,334 @@
+"""Many videos on disk: discovery, sharding, resume, failures, overlays."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from vidprop import __version__
+from vidprop.config import VidpropConfig, dump_config, result_fingerprint
+from vidprop.errors import ConfigError, MaskError, SourceError, VidpropError
+from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info
+from vidprop.io.frames import FrameSource, is_image_file, is_video_file, natural_key, open_source
+from vidprop.io.masks import read_mask, write_mask
+from vidprop.log import progress
+from vidprop.pipeline.runtime import resolve_runtime
+from vidprop.pipeline.video import VideoPipeline
+
+__all__ = [
+    "CONFIG_FILE",
+    "VideoJob",
+    "VideoOutcome",
+    "RunSummary",
+    "list_videos",
+    "find_videos",
+    "select_shard",
+    "cache_id",
+    "is_finished",
+    "run_videos",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoJob:
+    """One video of a batch.
+
+    Attributes:
+        name: video name (output sub-folder, cache id, shard key).
+        source: folder of frames or video file (or an opened FrameSource).
+        mask: the first frame's mask file.
+        out_dir: where its masks go (``<out_dir>/<frame name>.png``).
+        n_last_frames: cap of the recent-frame window for this video (None = the config's).
+    """
+
+    name: str
+    source: Any
+    mask: Path
+    out_dir: Path
+    n_last_frames: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoOutcome:
+    """What happened to one video: ``status`` is "done", "skipped" (already complete) or "failed"."""
+
+    name: str
+    status: str
+    frames: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    exit_code: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """Outcomes of a batch, in job order."""
+
+    outcomes: tuple[VideoOutcome, ...]
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def failed(self) -> tuple[VideoOutcome, ...]:
+        return tuple(o for o in self.outcomes if o.status == "failed")
+
+    @property
+    def exit_code(self) -> int:
+        """0 if nothing failed; 2 if every failure was bad input; else 1."""
+        codes = {o.exit_code for o in self.failed}
+        if not codes:
+            return 0
+        return 2 if codes == {2} else 1
+
+
+def _frame_folder(path: Path) -> bool:
+    return path.is_dir() and any(is_image_file(p) for p in path.iterdir() if p.is_file())
+
+
+def _video_entries(folder: Path) -> list[Path]:
+    """Sub-folders holding frames and video files directly inside ``folder``, in natural order."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".") and ((p.is_file() and is_video_file(p)) or _frame_folder(p))]
+    return sorted(entries, key=lambda p: natural_key(p.name))
+
+
+def _video_name(path: Path) -> str:
+    return path.stem if path.is_file() else path.name
+
+
+def _first_mask_in(masks_dir: Path, name: str) -> Path:
+    """``<masks>/<name>.png``, else the first PNG (natural order) of ``<masks>/<name>/``."""
+    flat = masks_dir / f"{name}.png"
+    if flat.is_file():
+        return flat
+    folder = masks_dir / name
+    if folder.is_dir():
+        pngs = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png"), key=lambda p: natural_key(p.name))
+        if pngs:
+            return pngs[0]
+    raise MaskError(f"no first-frame mask for video {name!r} (expected {flat} or {folder}/<first frame>.png)", masks_dir)
+
+
+def list_videos(source: str | os.PathLike) -> tuple[bool, list[tuple[str, Path]]]:
+    """``(is_batch, [(name, path), ...])`` of the videos in ``source``.
+
+    ``source`` is one video (a video file, or a folder with frame images directly in it) or a
+    folder of videos (sub-folders of frames and/or video files, named by folder name or stem).
+
+    Raises:
+        SourceError: missing source, a folder with neither frames nor videos, or two videos
+            with the same name.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise SourceError("input path does not exist", source)
+    if source.is_file() or _frame_folder(source):
+        return False, [(_video_name(source), source)]
+    entries = _video_entries(source)
+    if not entries:
+        raise SourceError("no frames, video files or sub-folders of frames found", source)
+    seen: dict[str, Path] = {}
+    for entry in entries:
+        name = _video_name(entry)
+        if name in seen:
+            raise SourceError(f"two videos named {name!r}: {seen[name].name} and {entry.name}", source)
+        seen[name] = entry
+    return True, list(seen.items())
+
+
+def find_videos(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    mask: str | os.PathLike | None = None,
+    masks_dir: str | os.PathLike | None = None,
+) -> list[VideoJob]:
+    """The videos of ``source`` (see :func:`list_videos`) with their first masks and output folders.
+
+    Conventions:
+        - one video: its first mask is ``mask`` (or found in ``masks_dir`` as below) and its
+          outputs go to ``out_dir`` itself.
+        - a folder of videos: video ``<name>`` takes its mask from ``masks_dir/<name>.png`` or
+          the first PNG of ``masks_dir/<name>/`` (e.g. a DAVIS ``Annotations/480p`` folder), and
+          writes to ``out_dir/<name>/``.
+
+    Raises:
+        SourceError: see :func:`list_videos`.
+        MaskError: a missing mask argument or file.
+    """
+    out_dir = Path(out_dir)
+    batch, videos = list_videos(source)
+    if not batch:
+        name, path = videos[0]
+        if mask is None:
+            if masks_dir is None:
+                raise MaskError("give the first frame's mask with --mask FILE", path)
+            mask = _first_mask_in(Path(masks_dir), name)
+        if not Path(mask).is_file():
+            raise MaskError("mask file does not exist", mask)
+        return [VideoJob(name=name, source=path, mask=Path(mask), out_dir=out_dir)]
+    if masks_dir is None:
+        raise MaskError(
+            f"this folder holds {len(videos)} videos: give their first-frame masks with --masks DIR "
+            "(holding <video>.png or <video>/<first frame>.png)",
+            source,
+        )
+    return [
+        VideoJob(name=name, source=path, mask=_first_mask_in(Path(masks_dir), name), out_dir=out_dir / name)
+        for name, path in videos
+    ]
+
+
+def select_shard(items: Sequence[Any], num_shards: int, shard_index: int, key: Callable[[Any], str] | None = None) -> list[Any]:
+    """Every ``num_shards``-th item of ``items`` sorted by ``key``, starting at ``shard_index``.
+
+    Deterministic (depends only on the names), so separate processes agree without talking,
+    and the shards of all indices cover every item exactly once.
+    """
+    if not 0 <= shard_index < num_shards:
+        raise ConfigError(f"invalid value {shard_index} (expected 0 <= shard_index < {num_shards})", key="runtime.shard_index")
+    key = key or (lambda item: getattr(item, "name", str(item)))
+    ordered = sorted(items, key=lambda item: natural_key(key(item)))
+    return ordered[shard_index::num_shards]
+
+
+def cache_id(name: str, source: Any) -> str:
+    """Feature-cache id of a video: its name plus a hash of its absolute path (names can repeat)."""
+    path = Path(getattr(source, "path", source)).expanduser().resolve()
+    return f"{name}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+
+
+def is_finished(job: VideoJob, fingerprint: str) -> bool:
+    """Whether ``job``'s outputs are complete and were made with settings of this ``fingerprint``."""
+    info = read_complete_info(job.out_dir)
+    if info is None:
+        return False
+    if info.get("fingerprint") != fingerprint:
+        logger.info("%s: complete, but made with other settings; redoing it", job.name)
+        return False
+    return True
+
+
+def _open(job: VideoJob) -> FrameSource:
+    return job.source if isinstance(job.source, FrameSource) else open_source(job.source)
+
+
+def _preflight(job: VideoJob) -> None:
+    """Check a job's source and first mask (cheap: headers and one PNG) before any compute."""
+    read_mask(job.mask, expected_size=_open(job).size)
+
+
+def _failure(job: VideoJob, exc: Exception) -> VideoOutcome:
+    if isinstance(exc, VidpropError):
+        logger.error("%s failed: %s", job.name, exc)
+        code = exc.exit_code
+    else:
+        logger.exception("%s failed with an internal error", job.name)
+        code = 1
+    return VideoOutcome(job.name, "failed", error=str(exc), exit_code=code)
+
+
+def _process(pipe: VideoPipeline, job: VideoJob, fingerprint: str) -> VideoOutcome:
+    """Write one video's masks (and overlay); the completion marker goes last."""
+    cfg = pipe.config
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    clear_complete(job.out_dir)
+    source = _open(job)
+    label_mask = read_mask(job.mask, expected_size=source.size)
+    palette = label_mask.palette
+    overlay = None
+    if cfg.runtime.overlay:
+        from vidprop.overlay import OverlayWriter
+
+        overlay = OverlayWriter(job.out_dir, cfg.runtime.overlay_format, palette=palette)
+    start, count = time.perf_counter(), 0
+    frames = pipe.propagate_frames(source, label_mask, video_id=cache_id(job.name, source), n_last_frames=job.n_last_frames)
+    try:
+        bar = progress(frames, total=len(source), desc=job.name, unit="frame", leave=False)
+        for frame, out in bar:
+            write_mask(job.out_dir / f"{out.name}.png", out.mask, palette=palette)
+            if overlay is not None:
+                overlay.add(frame.image, out.mask, out.name)
+            count += 1
+    except BaseException:
+        if overlay is not None:
+            overlay.abort()
+        raise
+    finally:
+        frames.close()
+    if count != len(source):
+        raise VidpropError(f"{job.name}: wrote {count} of {len(source)} frames")
+    if overlay is not None:
+        overlay.close()
+    seconds = time.perf_counter() - start
+    mark_complete(
+        job.out_dir,
+        {"frames": count, "fingerprint": fingerprint, "vidprop_version": __version__, "mask": str(job.mask)},
+    )
+    logger.info("%s: %d frames in %.1f s (%.2f frames/s)", job.name, count, seconds, count / max(seconds, 1e-9))
+    return VideoOutcome(job.name, "done", frames=count, seconds=seconds)
+
+
+def run_videos(
+    jobs: Sequence[VideoJob],
+    config: VidpropConfig,
+    pipeline: VideoPipeline | None = None,
+    config_dirs: Iterable[Path] = (),
+) -> RunSummary:
+    """Propagate every job of this process's shard to PNG files, resumably.
+
+    Videos already complete (same settings) are skipped unless ``runtime.overwrite``; a failing
+    video is logged and the others go on unless ``runtime.fail_fast`` (then it is raised).
+    The effective config is written as ``config.yaml`` into each of ``config_dirs``.
+
+    Returns:
+        The outcome of each job of this shard, in order.
+    """
+    config = resolve_runtime(config)
+    rt = config.runtime
+    mine = select_shard(jobs, rt.num_shards, rt.shard_index)
+    if rt.num_shards > 1:
+        logger.info("shard %d of %d: %d of %d videos", rt.shard_index, rt.num_shards, len(mine), len(jobs))
+    for folder in config_dirs:
+        dump_config(config, Path(folder) / CONFIG_FILE)
+    fingerprint = result_fingerprint(config)
+    outcomes: dict[str, VideoOutcome] = {}
+    todo = []
+    for job in mine:
+        if not rt.overwrite and is_finished(job, fingerprint):
+            logger.info("%s: already complete, skipping (--overwrite redoes it)", job.name)
+            outcomes[job.name] = VideoOutcome(job.name, "skipped")
+            continue
+        try:
+            _preflight(job)
+        except Exception as exc:  # noqa: BLE001 - reported per video, the others go on
+            if rt.fail_fast:
+                raise
+            outcomes[job.name] = _failure(job, exc)
+            continue
+        todo.append(job)
+    pipe = pipeline or VideoPipeline(config)
+    for job in progress(todo, desc="videos", unit="video"):
+        try:
+            outcomes[job.name] = _process(pipe, job, fingerprint)
+        except Exception as exc:  # noqa: BLE001 - one bad video must not stop the batch
+            if rt.fail_fast:
+                raise
+            outcomes[job.name] = _failure(job, exc)
+    summary = RunSummary(tuple(outcomes[job.name] for job in mine))
+    pipe.log_cache_stats()
+    logger.info(
+        "%d done, %d skipped (already complete), %d failed",
+        summary.count("done"), summary.count("skipped"), summary.count("failed"),
+    )
+    return summary
+
+
