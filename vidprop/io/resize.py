@@ -10,8 +10,8 @@ from DINO's ``eval_video_segmentation.py``):
   image, as the reference does. PIL's bilinear filter is not the same: when downscaling it
   widens its support (antialiasing), and torch's ``interpolate`` works on floats without
   rounding to uint8 in between; either would change the features slightly;
-* values: ``x / 255``, then ``(x - 0.5) / 0.5``, in float32, giving [-1, 1]. The same two
-  float32 operations as the reference, so the tensors are bit-identical to its own.
+* values: ``x / 255``, then ``(x - 0.5) / 0.5``, in float32, giving [-1, 1]. The same float32
+  operations as the reference, so the tensors are bit-identical to its own.
 """
 
 from __future__ import annotations
@@ -77,5 +77,10 @@ class ResizePolicy:
         height, width = self.target_size(image.shape[:2])
         if (height, width) != image.shape[:2]:
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-        return tensor.div_(255.0).sub_(0.5).div_(0.5)
+        # numpy, not torch: torch's intra-op thread pool called next to a video decoder's threads
+        # ran these three element-wise ops ~10x slower on a 2-core machine (tools/bench_loader.py).
+        chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+        chw /= 255.0
+        chw -= 0.5
+        chw /= 0.5
+        return torch.from_numpy(chw)
