@@ -1,62 +1,55 @@
 """Data stage: frame sources (image folders, video files, DAVIS), resizing, prefetch and mask I/O.
 
-Importing this package does not import decord (the video backend is chosen on first use).
+The names below are loaded lazily (PEP 562), so ``from vidprop.io.atomic import atomic_write``
+or ``from vidprop.io.masks import read_mask`` does not pull in torch or OpenCV, and nothing
+here imports decord until a video is opened.
 """
 
-from vidprop.io.atomic import atomic_save, atomic_write, clear_complete, is_complete, mark_complete
-from vidprop.io.config import DataConfig
-from vidprop.io.davis import DavisDataset
-from vidprop.io.frames import (
-    IMAGE_EXTENSIONS,
-    VIDEO_EXTENSIONS,
-    Frame,
-    FrameSource,
-    is_video_file,
-    natural_key,
-    open_source,
-)
-from vidprop.io.image_folder import ImageFolderSource
-from vidprop.io.masks import (
-    VOID_ID,
-    LabelMask,
-    ObjectIds,
-    davis_palette,
-    labels_to_onehot,
-    onehot_to_labels,
-    read_label_image,
-    read_mask,
-    write_mask,
-)
-from vidprop.io.prefetch import prefetch
-from vidprop.io.resize import ResizePolicy
-from vidprop.io.video_file import VideoFileSource
+from __future__ import annotations
 
-__all__ = [
-    "DataConfig",
-    "DavisDataset",
-    "Frame",
-    "FrameSource",
-    "IMAGE_EXTENSIONS",
-    "ImageFolderSource",
-    "LabelMask",
-    "ObjectIds",
-    "ResizePolicy",
-    "VIDEO_EXTENSIONS",
-    "VOID_ID",
-    "VideoFileSource",
-    "atomic_save",
-    "atomic_write",
-    "clear_complete",
-    "davis_palette",
-    "is_complete",
-    "is_video_file",
-    "labels_to_onehot",
-    "mark_complete",
-    "natural_key",
-    "onehot_to_labels",
-    "open_source",
-    "prefetch",
-    "read_label_image",
-    "read_mask",
-    "write_mask",
-]
+import importlib
+
+_EXPORTS = {
+    "atomic_save": "atomic",
+    "atomic_write": "atomic",
+    "clear_complete": "atomic",
+    "is_complete": "atomic",
+    "mark_complete": "atomic",
+    "DataConfig": "config",
+    "DavisDataset": "davis",
+    "IMAGE_EXTENSIONS": "frames",
+    "VIDEO_EXTENSIONS": "frames",
+    "Frame": "frames",
+    "FrameSource": "frames",
+    "is_video_file": "frames",
+    "natural_key": "frames",
+    "open_source": "frames",
+    "ImageFolderSource": "image_folder",
+    "VOID_ID": "masks",
+    "LabelMask": "masks",
+    "ObjectIds": "masks",
+    "davis_palette": "masks",
+    "labels_to_onehot": "masks",
+    "onehot_to_labels": "masks",
+    "read_label_image": "masks",
+    "read_mask": "masks",
+    "write_mask": "masks",
+    "prefetch": "prefetch",
+    "ResizePolicy": "resize",
+    "VideoFileSource": "video_file",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -9,15 +9,19 @@ and the original ids so that outputs carry the ids of the input mask.
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from vidprop.errors import MaskError, ShapeError
 from vidprop.io.atomic import atomic_save
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "VOID_ID",
@@ -34,6 +38,14 @@ __all__ = [
 VOID_ID = 255
 
 _LABEL_MODES = ("P", "L", "1", "I;16", "I")
+
+
+def _as_numpy(array) -> np.ndarray:
+    """A numpy view of an array or a torch tensor (torch is imported only by callers that use it)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(array, torch.Tensor):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
 
 
 def _read_label_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -143,7 +155,7 @@ class ObjectIds:
         Raises:
             ShapeError: a value outside 0..K-1.
         """
-        channels = channel_map.cpu().numpy() if isinstance(channel_map, torch.Tensor) else np.asarray(channel_map)
+        channels = _as_numpy(channel_map)
         if channels.size and (channels.min() < 0 or channels.max() >= self.num_channels):
             raise ShapeError(
                 f"channel map values must be in 0..{self.num_channels - 1} for {self.num_channels} channels, "
@@ -257,7 +269,7 @@ def write_mask(path: str | Path, ids: np.ndarray, palette: np.ndarray | None = N
     return atomic_save(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def labels_to_onehot(channel_map, num_channels: int, grid_size: tuple[int, int]) -> torch.Tensor:
+def labels_to_onehot(channel_map, num_channels: int, grid_size: tuple[int, int]) -> "torch.Tensor":
     """One-hot labels at feature resolution.
 
     The channel map is resized with PIL NEAREST to the feature grid, as DIFT's and DINO's
@@ -274,7 +286,9 @@ def labels_to_onehot(channel_map, num_channels: int, grid_size: tuple[int, int])
     Raises:
         ShapeError: not 2-D, or a value outside 0..K-1.
     """
-    channels = channel_map.cpu().numpy() if isinstance(channel_map, torch.Tensor) else np.asarray(channel_map)
+    import torch
+
+    channels = _as_numpy(channel_map)
     if channels.ndim != 2:
         raise ShapeError(f"channel map must be (H, W), got shape {channels.shape}")
     if not 1 <= num_channels <= 256:
@@ -287,7 +301,7 @@ def labels_to_onehot(channel_map, num_channels: int, grid_size: tuple[int, int])
     return torch.nn.functional.one_hot(index, num_channels).permute(2, 0, 1).float().contiguous()
 
 
-def onehot_to_labels(onehot: torch.Tensor) -> torch.Tensor:
+def onehot_to_labels(onehot: "torch.Tensor") -> "torch.Tensor":
     """Channel map from (soft) labels: the argmax channel per cell (the first on ties).
 
     Args:
