@@ -84,6 +84,7 @@ def test_image_folder_mixed_extensions_and_other_files(seq_dir, tmp_path):
     Image.open(jpgs[1]).save(folder / "f1.png")
     shutil.copy2(jpgs[2], folder / "f2.JPEG")
     (folder / "notes.txt").write_text("not a frame")
+    (folder / "._f0.jpg").write_bytes(b"macOS resource fork, not a JPEG")
     (folder / "sub").mkdir()
     source = ImageFolderSource(folder)
     assert source.names == ["f0", "f1", "f2"]
@@ -298,9 +299,10 @@ def test_prefetch_matches_sequential_order_and_values(seq_dir):
 
 
 def test_prefetch_without_policy_or_thread():
-    before = threading.active_count()
-    items = list(prefetch(CountingSource(5), None, depth=0))
-    assert threading.active_count() == before
+    items = []
+    for item in prefetch(CountingSource(5), None, depth=0):
+        assert not _prefetch_threads()  # depth 0 reads on the caller's thread
+        items.append(item)
     assert [f.index for f, _ in items] == [0, 1, 2, 3, 4]
     assert all(t is None for _, t in items)
 

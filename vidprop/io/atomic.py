@@ -101,8 +101,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) 
 def _replace(tmp: Path, path: Path, exclusive: bool) -> None:
     if exclusive:
         # os.link fails if the destination exists, which keeps "x" semantics race-free.
-        os.link(tmp, path)
-        tmp.unlink()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise FileExistsError(f"{path}: file exists") from None
+        except OSError:  # a filesystem without hard links: check, then rename
+            if path.exists():
+                raise FileExistsError(f"{path}: file exists") from None
+            os.replace(tmp, path)
+        else:
+            tmp.unlink()
     else:
         os.replace(tmp, path)
     _fsync_dir(path.parent)

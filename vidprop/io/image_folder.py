@@ -61,7 +61,7 @@ class ImageFolderSource:
     are decoded only while iterating.
 
     Args:
-        path: the folder. Files with other extensions and sub-folders are ignored.
+        path: the folder. Files with other extensions, hidden files and sub-folders are ignored.
 
     Attributes:
         path: the folder.
@@ -81,7 +81,11 @@ class ImageFolderSource:
             raise SourceError("frame folder does not exist", path)
         if not path.is_dir():
             raise SourceError("not a folder (expected a folder of jpg/jpeg/png frames)", path)
-        files = sorted((p for p in path.iterdir() if p.is_file() and is_image_file(p)), key=lambda p: natural_key(p.name))
+        # Hidden files are skipped: macOS writes "._00000.jpg" resource forks next to real frames.
+        files = sorted(
+            (p for p in path.iterdir() if not p.name.startswith(".") and p.is_file() and is_image_file(p)),
+            key=lambda p: natural_key(p.name),
+        )
         if not files:
             raise SourceError(f"no image frames in folder (looked for {', '.join(IMAGE_EXTENSIONS)})", path)
         names = [p.stem for p in files]
