@@ -287,6 +287,7 @@ class DiftExtractor:
         unet.set_attn_processor(AttnProcessor2_0())
         self.unet = _to(unet, self.device, dtype).eval().requires_grad_(False)
         self._captured: dict[int, torch.Tensor] = {}
+        self._capturing = False
         self._hooks = [self.unet.up_blocks[i].register_forward_hook(self._capture_hook(i, i == last)) for i in layers]
 
         self.scheduler = scheduler
@@ -311,6 +312,8 @@ class DiftExtractor:
 
     def _capture_hook(self, index: int, stop: bool):
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            if not self._capturing:  # the block runs outside unet_features (e.g. a shared module)
+                return
             self._captured[index] = output
             if stop:
                 raise _StopForward
@@ -378,10 +381,13 @@ class DiftExtractor:
         n = latents.shape[0]
         timesteps = torch.full((n,), self.config.timestep, dtype=torch.long, device=self.device)
         context = self.prompt_embeds.expand(n, -1, -1)
+        self._capturing = True
         try:
             self.unet(latents.to(self.device, self.dtype), timesteps, encoder_hidden_states=context, return_dict=False)
         except _StopForward:
             pass
+        finally:
+            self._capturing = False
         captured, self._captured = self._captured, {}
         assert set(captured) == set(self.layers), "the UNet forward ended before the requested up blocks"
         return captured
