@@ -36,17 +36,9 @@ TINY_VAE = dict(
     latent_channels=4,
     sample_size=64,
 )
-# SD 2.1's scheduler_config.json values.
-SD21_SCHEDULER = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    num_train_timesteps=1000,
-    prediction_type="v_prediction",
-    set_alpha_to_one=False,
-    steps_offset=1,
-)
+# SD 2.1's scheduler_config.json values (num_train_timesteps=1000 is the default).
+SD21_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
+                      clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 TINY_UP_BLOCKS = {0: (32, 32), 1: (32, 16), 2: (16, 8), 3: (16, 8)}  # index -> (channels, stride)
 
 

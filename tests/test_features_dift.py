@@ -193,5 +193,11 @@ def test_incomplete_or_missing_local_folder(tiny_sd_dir, tmp_path):
     with pytest.raises(ModelNotFoundError, match="lacks vae/, text_encoder/, tokenizer/, scheduler/") as info:
         create_extractor("dift_sd", model_id=str(partial))
     assert info.value.path == str(partial)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_sd_dir, broken)
+    (broken / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ModelNotFoundError, match="cannot load model") as info:
+        create_extractor("dift_sd", model_id=str(broken))
+    assert info.value.path == str(broken)
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         create_extractor("dift_sd", model_id=str(tmp_path / "nowhere" / "model"))

@@ -228,11 +228,18 @@ class DiftExtractor:
         config = config or DiftConfig()
         model_dir = resolve_model_dir(config.model_id, config.revision, config.hub_timeout_s)
         logger.info("loading Stable Diffusion from %s (model %s, revision %s)", model_dir, config.model_id, config.revision)
-        _check_layers(config, UNet2DConditionModel.load_config(model_dir, subfolder="unet"))
-        prompt_embeds = encode_prompt(model_dir, config.prompt)
-        vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=torch.float32)
-        unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=dtype)
-        scheduler = DDIMScheduler.from_pretrained(model_dir, subfolder="scheduler")
+        try:
+            _check_layers(config, UNet2DConditionModel.load_config(model_dir, subfolder="unet"))
+            prompt_embeds = encode_prompt(model_dir, config.prompt)
+            vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=torch.float32)
+            unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=dtype)
+            scheduler = DDIMScheduler.from_pretrained(model_dir, subfolder="scheduler")
+        except OSError as exc:  # missing or unreadable weight/config files in the folder
+            raise ModelNotFoundError(
+                f"cannot load model {config.model_id!r} from this folder ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}). {_how_to_provide(config.model_id)}",
+                path=model_dir,
+            ) from exc
         self._setup(config, unet, vae, scheduler, prompt_embeds, device, dtype)
 
     @classmethod

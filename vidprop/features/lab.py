@@ -78,17 +78,7 @@ class LabExtractor:
 
     @torch.inference_mode()
     def extract(self, images: torch.Tensor) -> torch.Tensor:
-        """Colour features of a batch of frames.
-
-        Args:
-            images: (B, 3, h*stride, w*stride) float RGB in [-1, 1].
-
-        Returns:
-            (B, C, h, w) float32 on the extractor's device.
-
-        Raises:
-            ShapeError: bad shape or a frame size that is not a multiple of ``stride``.
-        """
+        """(B, 3, h*stride, w*stride) frames in [-1, 1] -> (B, C, h, w) float32 (see ``FeatureExtractor.extract``)."""
         h, w = check_images(images, self.stride)
         lab = rgb_to_lab(images.to(self.device))
         lab = (lab - lab.new_tensor([50.0, 0.0, 0.0])[:, None, None]) / 50.0
