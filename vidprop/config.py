@@ -56,7 +56,11 @@ class RuntimeConfig:
 
     device: str = option("auto", help="torch device: 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'")
     dtype: str = option("float32", help="compute dtype of the feature extractor: float32, float16 or bfloat16")
-    seed: int = option(0, help="random seed (noise of the diffusion features); same seed, same masks")
+    seed: int = option(
+        0,
+        help="seed of torch's global random generator, set at the start of every video so that results do not "
+        "depend on the order of videos (DIFT's noise draws have their own features.dift.seed)",
+    )
     num_shards: int = option(1, help="split the videos into this many shards (taken from WORLD_SIZE under torchrun)")
     shard_index: int = option(0, help="which shard this process runs, 0 <= shard_index < num_shards (RANK under torchrun)")
     overwrite: bool = option(False, help="redo videos whose outputs are already complete")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -114,12 +115,12 @@ def run_davis(
     names = tuple(job.name for job in jobs)
     if pending or not score:
         if pending and summary.count("failed") == 0:
-            logger.warning(
+            logger.info(
                 "scoring waits for %d sequence(s) of other shards (%s); the last shard to finish scores",
                 len(pending), ", ".join(pending[:5]) + (" ..." if len(pending) > 5 else ""),
             )
         return DavisRun(summary, names, pending)
-    scores = score_davis(davis_root, out_dir, config, split=split, sequences=names, resolution=resolution)
+    scores = score_davis(davis_root, out_dir, config, split=split, sequences=names)
     from vidprop.scoring import write_reports
 
     reports = tuple(write_reports(scores, out_dir, split))
@@ -132,19 +133,32 @@ def score_davis(
     config: VidpropConfig,
     split: str = "val",
     sequences: Sequence[str] | None = None,
-    resolution: str = "480p",
-):
-    """The scorer's :class:`~vidprop.scoring.DavisScores` of ``results_dir`` for ``sequences``."""
+) -> Any:
+    """The scorer's :class:`~vidprop.scoring.DavisScores` of ``results_dir``.
+
+    Args:
+        sequences: score only these sequences of the split (None = all of it).
+    """
     from vidprop.scoring import evaluate_davis
 
     scoring = config.scoring
-    return evaluate_davis(
-        davis_root,
-        results_dir,
-        split=split,
-        processes=scoring.processes,
-        on_missing=scoring.on_missing_sequence,
-        sequences=sequences,
-    )
+    kwargs = dict(split=split, processes=scoring.processes, on_missing=scoring.on_missing_sequence)
+    all_sequences = _split_sequences(Path(davis_root), split)
+    if sequences is None or list(sequences) == all_sequences:
+        return evaluate_davis(davis_root, results_dir, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="vidprop-davis-") as tmp:
+        return evaluate_davis(_subset_view(Path(davis_root), Path(tmp), split, sequences), results_dir, **kwargs)
 
 
+def _split_sequences(root: Path, split: str) -> list[str]:
+    lines = (root / "ImageSets" / "2017" / f"{split}.txt").read_text(encoding="utf-8").splitlines()
+    return list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+
+
+def _subset_view(root: Path, tmp: Path, split: str, sequences: Sequence[str]) -> Path:
+    """A DAVIS root under ``tmp`` whose split lists only ``sequences`` (annotations linked, not copied)."""
+    sets = tmp / "ImageSets" / "2017"
+    sets.mkdir(parents=True)
+    (sets / f"{split}.txt").write_text("\n".join(sequences) + "\n", encoding="utf-8")
+    (tmp / "Annotations").symlink_to((root / "Annotations").resolve(), target_is_directory=True)
+    return tmp
