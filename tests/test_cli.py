@@ -110,7 +110,7 @@ def test_davis_scores_equal_the_scorer_and_beat_repeating_the_first_mask(davis_r
     for seq in DAVIS_SEQUENCES:
         copy_short_sequence(davis_root, root, seq, 10)
     out = tmp_path / "results"
-    rc = cli.main(["davis", "--davis-root", str(root), "--set", "val", "--out", str(out), *FAST, "--short-side", "160"])
+    rc = cli.main(["davis", "--davis-root", str(root), "--set", "val", "--out", str(out), *FAST, "--short-side", "128"])
     assert rc == 0
     printed = capsys.readouterr().out
     jf = float(re.search(r"J&F-Mean: ([0-9.]+)", printed).group(1))
