@@ -85,7 +85,7 @@ def dense_to_mask(soft: Tensor, stride: int, size: tuple[int, int]) -> np.ndarra
             channel = channel - channel.min()
             up[c] = channel / channel.max()
     index = torch.max(up, dim=0).indices
-    index = np.array(index.cpu(), dtype=np.uint8)
+    index = index.cpu().numpy().astype(np.uint8)
     return np.array(Image.fromarray(index).resize((size[1], size[0]), 0))
 
 

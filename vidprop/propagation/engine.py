@@ -20,7 +20,7 @@ from torch import Tensor
 
 from vidprop.errors import ShapeError
 from vidprop.propagation.config import PropagationConfig
-from vidprop.propagation.kernels import BlockGrid, from_blocks, normalize_cells, propagate_blocks, to_blocks
+from vidprop.propagation.kernels import BlockGrid, TilePlan, from_blocks, normalize_cells, propagate_blocks, to_blocks
 
 __all__ = ["LabelPropagator", "labels_to_mask", "MAX_CHANNELS"]
 
@@ -42,9 +42,11 @@ class _Context:
         next_slot: ring slot that the next propagated frame overwrites (1 .. S-1).
         frames: frames seen so far, the first included.
         padding: (nbr, nbc, M, 1) bool, True for block cells past the grid edge.
+        plan: the tiles of the grid and their neighbourhood masks.
     """
 
     grid: BlockGrid
+    plan: TilePlan
     channels: int
     features: Tensor
     labels: Tensor
@@ -141,7 +143,7 @@ class LabelPropagator:
         features[:, :, 0] = to_blocks(normalize_cells(first_features.to(device=device, dtype=dtype)), grid)
         labels[:, :, 0] = to_blocks(first_labels.to(device=device, dtype=dtype).permute(1, 2, 0), grid)
         padding = to_blocks(torch.ones(*grid_size, 1, device=device, dtype=torch.bool), grid).logical_not_()
-        self._ctx = _Context(grid=grid, channels=channels, features=features, labels=labels, padding=padding)
+        self._ctx = _Context(grid=grid, plan=TilePlan(grid, cfg.radius, device), channels=channels, features=features, labels=labels, padding=padding)
         logger.debug("propagation reset: grid %s, %d channels, %d labels, %d context slots on %s/%s",
                      grid_size, channels, k, slots, device, dtype)
 
@@ -169,8 +171,8 @@ class LabelPropagator:
         cfg = self.config
         query = to_blocks(normalize_cells(features.to(device=ctx.features.device, dtype=ctx.features.dtype)), ctx.grid)
         soft = propagate_blocks(
-            query, ctx.features, ctx.labels, ctx.n_valid, ctx.grid,
-            topk=cfg.topk, radius=cfg.radius, temperature=cfg.temperature,
+            query, ctx.features, ctx.labels, ctx.n_valid, ctx.plan,
+            topk=cfg.topk, temperature=cfg.temperature,
             budget_bytes=cfg.memory_budget_mib * 2**20,
         )
         # Padding cells may be far from every grid cell (0/0); their labels must stay 0 in the context.

@@ -24,6 +24,7 @@ from torch import Tensor
 
 __all__ = [
     "BlockGrid",
+    "TilePlan",
     "normalize_cells",
     "to_blocks",
     "from_blocks",
@@ -126,13 +127,40 @@ def _window_mask(grid: BlockGrid, bi: int, bj: int, rows: tuple[int, int], cols:
 
 
 class _Tile:
-    """One tile of target cells (block (bi, bj)) and its window over the context store."""
+    """One tile of target cells (block (bi, bj)): its window of blocks and where it is masked.
 
-    def __init__(self, grid: BlockGrid, bi: int, bj: int, reach: int | None, device):
+    Attributes:
+        rows, cols: window block ranges [lo, hi) along each axis.
+        outside: (M, ni, nj, M) bool, True where the target may not see the window cell.
+    """
+
+    def __init__(self, rows: tuple[int, int], cols: tuple[int, int], outside: Tensor):
+        self.rows, self.cols, self.outside = rows, cols, outside
+
+
+class TilePlan:
+    """The tiles of one grid and radius, with masks shared between tiles of the same shape.
+
+    Build it once per video (it depends only on the grid, the radius and the device).
+    """
+
+    def __init__(self, grid: BlockGrid, radius: int, device=None):
+        self.grid = grid
+        self.radius = radius
+        reach = radius if radius > 0 else None
         nbr, nbc = grid.shape
-        self.rows = _block_range(bi, nbr, grid.block, reach)
-        self.cols = _block_range(bj, nbc, grid.block, reach)
-        self.outside = _window_mask(grid, bi, bj, self.rows, self.cols, reach, device).logical_not_()
+        masks: dict[tuple, Tensor] = {}
+        self.tiles: list[tuple[int, int, _Tile]] = []
+        for bi in range(nbr):
+            rows = _block_range(bi, nbr, grid.block, reach)
+            for bj in range(nbc):
+                cols = _block_range(bj, nbc, grid.block, reach)
+                # The mask depends only on the window's position relative to the tile and on
+                # whether it holds the (possibly partial) last block row / column.
+                key = (rows[0] - bi, rows[1] - bi, cols[0] - bj, cols[1] - bj, rows[1] == nbr, cols[1] == nbc)
+                if key not in masks:
+                    masks[key] = _window_mask(grid, bi, bj, rows, cols, reach, device).logical_not_()
+                self.tiles.append((bi, bj, _Tile(rows, cols, masks[key])))
 
 
 def _cosines(query: Tensor, store: Tensor, tile: _Tile, band: tuple[int, int], slots: tuple[int, int],
@@ -302,8 +330,8 @@ def _propagate_tile_chunked(query: Tensor, store: Tensor, labels: Tensor, tile: 
     return num / den
 
 
-def propagate_blocks(query: Tensor, store: Tensor, labels: Tensor, n_valid: int, grid: BlockGrid, *,
-                     topk: int, radius: int, temperature: float, budget_bytes: int) -> Tensor:
+def propagate_blocks(query: Tensor, store: Tensor, labels: Tensor, n_valid: int, plan: TilePlan, *,
+                     topk: int, temperature: float, budget_bytes: int) -> Tensor:
     """Propagate context labels to one target frame, tile by tile.
 
     Args:
@@ -311,22 +339,18 @@ def propagate_blocks(query: Tensor, store: Tensor, labels: Tensor, n_valid: int,
         store: (nbr, nbc, S, M, C) normalised context features; slots [0, n_valid) are used.
         labels: (nbr, nbc, S, M, K) context labels (one-hot or soft) in the same layout.
         n_valid: number of filled context slots (slot 0 = first frame).
-        grid: the block tiling of the (h, w) grid.
+        plan: the tiles of the grid and neighbourhood radius (:class:`TilePlan`).
         topk: cells kept per target over all context frames (ties at the k-th value kept).
-        radius: neighbourhood radius in cells (0 = whole frame).
         temperature: affinity = exp(cosine / temperature).
         budget_bytes: working memory allowed for one tile's affinities.
 
     Returns:
         (nbr, nbc, M, K) soft labels of the target cells (padding cells hold garbage).
     """
-    nbr, nbc = grid.shape
-    m, k_ch = grid.cells, labels.shape[-1]
-    reach = radius if radius > 0 else None
+    nbr, nbc = plan.grid.shape
+    m, k_ch = plan.grid.cells, labels.shape[-1]
     max_candidates = max(1, budget_bytes // (m * _BYTES_PER_PAIR + 4 * k_ch))
     out = query.new_empty(nbr, nbc, m, k_ch)
-    for bi in range(nbr):
-        for bj in range(nbc):
-            tile = _Tile(grid, bi, bj, reach, query.device)
-            out[bi, bj] = _propagate_tile(query[bi, bj], store, labels, tile, n_valid, topk, temperature, max_candidates)
+    for bi, bj, tile in plan.tiles:
+        out[bi, bj] = _propagate_tile(query[bi, bj], store, labels, tile, n_valid, topk, temperature, max_candidates)
     return out

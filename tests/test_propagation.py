@@ -1,0 +1,326 @@
+"""Propagation engine: equality with the dense reference, tie semantics, bounded-memory paths, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vidprop.config_base import from_dict
+from vidprop.errors import ConfigError, ShapeError
+from vidprop.propagation import LabelPropagator, PropagationConfig, labels_to_mask
+from vidprop.propagation.dense import DensePropagator, dense_to_mask, neighbourhood_mask
+from vidprop.propagation.kernels import BlockGrid, TilePlan, normalize_cells, propagate_blocks, to_blocks
+
+
+def random_features(seed: int, channels: int, size: tuple[int, int], frames: int, smooth: bool = True) -> list[torch.Tensor]:
+    """Seeded (C, h, w) features per frame: a smooth field shared by all frames plus per-frame noise."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = size
+    base = torch.randn(1, channels, max(1, h // 3), max(1, w // 3), generator=gen)
+    base = F.interpolate(base, size=size, mode="bilinear", align_corners=False)[0] if smooth else torch.zeros(channels, h, w)
+    return [base + 0.5 * torch.randn(channels, h, w, generator=gen) for _ in range(frames)]
+
+
+def random_onehot(seed: int, k: int, size: tuple[int, int]) -> torch.Tensor:
+    """(K, h, w) one-hot labels made of blobs (channel 0 = background)."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = size
+    scores = F.interpolate(torch.randn(1, k, max(1, h // 3), max(1, w // 3), generator=gen), size=size, mode="bilinear",
+                           align_corners=False)[0]
+    scores[0] += 0.5  # more background than objects
+    return F.one_hot(scores.argmax(0), k).permute(2, 0, 1).float()
+
+
+def run_both(cfg: PropagationConfig, feats: list[torch.Tensor], labels: torch.Tensor, stride: int, size: tuple[int, int]):
+    """Run the engine and the dense reference side by side; yield (soft, dense soft, mask, dense mask)."""
+    fast, dense = LabelPropagator(cfg), DensePropagator(cfg)
+    fast.reset(feats[0], labels)
+    dense.reset(feats[0], labels)
+    for f in feats[1:]:
+        a, b = fast.step(f), dense.step(f)
+        yield a, b, fast.to_mask(a, stride, size), dense.to_mask(b, stride, size)
+
+
+# (grid, C, K, topk, n_last_frames, radius, block_size, frames)
+SETTINGS = [
+    ((12, 16), 16, 2, 15, 4, 0, 8, 7),     # no neighbourhood restriction
+    ((13, 17), 16, 3, 5, 3, 2, 4, 9),      # grid not divisible by the block size; context longer than n_last
+    ((9, 11), 8, 4, 30, 6, 3, 3, 5),       # context shorter than n_last_frames
+    ((20, 23), 32, 5, 15, 7, 5, 8, 6),     # DAVIS-like radius/block ratio
+    ((6, 7), 4, 2, 100, 2, 1, 2, 5),       # topk larger than the window: every neighbour kept
+    ((10, 14), 8, 1, 3, 2, 3, 5, 4),       # K = 1 (background only)
+    ((11, 9), 12, 3, 1, 0, 2, 4, 5),       # topk 1; first frame only (n_last_frames 0)
+    ((16, 21), 24, 3, 15, 28, 15, 8, 5),   # DIFT's setting on a small grid (radius covers the frame)
+    ((15, 15), 8, 2, 7, 3, 4, 1, 5),       # block size 1
+]
+
+
+@pytest.mark.parametrize("grid,channels,k,topk,n_last,radius,block,frames", SETTINGS)
+def test_matches_dense_reference(grid, channels, k, topk, n_last, radius, block, frames):
+    cfg = PropagationConfig(topk=topk, n_last_frames=n_last, radius=radius, temperature=0.2, block_size=block)
+    feats = random_features(hash((grid, channels, topk)) % 1000, channels, grid, frames)
+    labels = random_onehot(k * 7 + topk, k, grid)
+    size = (grid[0] * 8 - 3, grid[1] * 8 + 5)
+    for soft, ref, mask, ref_mask in run_both(cfg, feats, labels, 8, size):
+        assert soft.shape == (k, *grid) and soft.dtype == torch.float32
+        torch.testing.assert_close(soft, ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(soft.sum(0), torch.ones(grid), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(mask, ref_mask)
+        assert mask.shape == size and mask.dtype == np.uint8
+
+
+def test_results_do_not_depend_on_block_size():
+    grid, feats = (14, 19), random_features(3, 16, (14, 19), 6)
+    labels = random_onehot(4, 3, grid)
+    outs = []
+    for block in (1, 3, 8, 20):
+        prop = LabelPropagator(PropagationConfig(topk=9, n_last_frames=3, radius=4, block_size=block))
+        prop.reset(feats[0], labels)
+        outs.append(torch.stack([prop.step(f) for f in feats[1:]]))
+    for other in outs[1:]:
+        torch.testing.assert_close(other, outs[0], rtol=1e-5, atol=1e-6)
+
+
+def test_identical_features_keep_every_tied_neighbour():
+    """All affinities equal: the k-th value ties with every window cell, and the reference keeps them all,
+    so each target gets the plain mean of the labels in its (2r+1)^2 window over all context frames."""
+    grid, radius = (10, 12), 2
+    feats = [torch.ones(4, *grid)] * 2
+    labels = random_onehot(1, 3, grid)
+    prop = LabelPropagator(PropagationConfig(topk=3, n_last_frames=2, radius=radius, block_size=4))
+    prop.reset(feats[0], labels)
+    soft = prop.step(feats[1])
+    window = 2 * radius + 1
+    ones = torch.ones(1, 1, window, window)
+    counts = F.conv2d(torch.ones(1, 1, *grid), ones, padding=radius)[0, 0]
+    expected = F.conv2d(labels[:, None], ones, padding=radius)[:, 0] / counts
+    torch.testing.assert_close(soft, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_quantised_features_with_many_ties_match_dense():
+    """Features from a handful of distinct vectors: exact ties at the k-th affinity everywhere."""
+    grid = (13, 15)
+    gen = torch.Generator().manual_seed(5)
+    palette = torch.randn(4, 8, generator=gen)
+    feats = [palette[torch.randint(0, 4, grid, generator=gen)].permute(2, 0, 1).contiguous() for _ in range(6)]
+    labels = random_onehot(2, 3, grid)
+    cfg = PropagationConfig(topk=10, n_last_frames=3, radius=3, block_size=4)
+    for soft, ref, mask, ref_mask in run_both(cfg, feats, labels, 4, (52, 60)):
+        torch.testing.assert_close(soft, ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(mask, ref_mask)
+
+
+def test_float_collapse_of_exp_is_a_tie():
+    """Distinct cosines whose exp(cos / T) round to the same float32 are ties, as in the reference.
+
+    Context cells hold (a, sqrt(1 - a^2)) with a few-ulp-apart small a; the target is (1, 0), so the
+    cosines are the a's. Ranking by cosine alone would keep exactly topk cells; the reference keeps the
+    whole collapsed run.
+    """
+    grid, topk, temperature = (6, 8), 5, 0.2
+    n = grid[0] * grid[1]
+    a = torch.tensor(0.01, dtype=torch.float32) + torch.arange(n, dtype=torch.float32) * 1e-9
+    context = torch.stack([a, torch.sqrt(1 - a * a)]).view(2, *grid)
+    target = torch.zeros(2, *grid)
+    target[0] = 1
+    # Precondition: after normalisation the top cosines are distinct, yet their affinities collapse.
+    cos = normalize_cells(context)[..., 0].flatten().sort(descending=True).values
+    aff = torch.exp(cos / temperature)
+    assert cos[topk - 1] > cos[topk] and aff[topk - 1] == aff[topk]
+    labels = F.one_hot((torch.arange(n) % 3).view(grid), 3).permute(2, 0, 1).float()
+    cfg = PropagationConfig(topk=topk, n_last_frames=1, radius=0, temperature=temperature, block_size=4)
+    soft, ref, mask, ref_mask = next(run_both(cfg, [context, target], labels, 2, (12, 16)))
+    torch.testing.assert_close(soft, ref, rtol=1e-5, atol=1e-6)
+    kept = int((aff >= aff[topk - 1]).sum())
+    assert kept > topk  # the collapsed run is longer than k: ties must be kept
+    np.testing.assert_array_equal(mask, ref_mask)
+
+
+@pytest.mark.parametrize("budget_bytes", [3_000, 40_000, 400_000])
+def test_chunked_windows_match_single_pass(budget_bytes):
+    """A budget smaller than one tile's window splits it by block rows and slots (two passes): same result."""
+    grid = BlockGrid((13, 18), 4)
+    feats = random_features(8, 16, grid.size, 7)
+    labels = random_onehot(9, 3, grid.size)
+    store = torch.stack([to_blocks(normalize_cells(f), grid) for f in feats[:6]], 2).contiguous()
+    soft = torch.stack([to_blocks(F.softmax(torch.randn(*grid.size, 3), -1), grid) for _ in range(5)], 2)
+    label_store = torch.cat([to_blocks(labels.permute(1, 2, 0), grid)[:, :, None], soft], 2).contiguous()
+    query = to_blocks(normalize_cells(feats[6]), grid)
+    for radius in (0, 3):
+        plan = TilePlan(grid, radius)
+        for n_valid in (4, 6):
+            args = dict(topk=11, temperature=0.2)
+            single = propagate_blocks(query, store, label_store, n_valid, plan, budget_bytes=2**30, **args)
+            chunked = propagate_blocks(query, store, label_store, n_valid, plan, budget_bytes=budget_bytes, **args)
+            torch.testing.assert_close(chunked, single, rtol=1e-5, atol=1e-6)
+
+
+def test_real_frames_match_dense(davis_root):
+    """Colour features pooled from real DAVIS frames (many near-identical cells), first real mask."""
+    from PIL import Image
+
+    seq = "car-shadow"
+    frames = sorted((davis_root / "JPEGImages" / "480p" / seq).glob("*.jpg"))[:5]
+    mask0 = np.asarray(Image.open(davis_root / "Annotations" / "480p" / seq / "00000.png"))
+    stride = 16
+    feats = []
+    for path in frames:
+        rgb = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+        pooled = F.avg_pool2d(rgb[None], stride)[0]
+        feats.append(torch.cat([pooled, pooled - pooled.mean((1, 2), keepdim=True)]))
+    grid = tuple(feats[0].shape[1:])
+    small = np.asarray(Image.fromarray((mask0 > 0).astype(np.uint8)).resize((grid[1], grid[0]), Image.NEAREST))
+    labels = F.one_hot(torch.from_numpy(small).long(), 2).permute(2, 0, 1).float()
+    cfg = PropagationConfig(topk=15, n_last_frames=2, radius=4, temperature=0.2)
+    masks = []
+    for soft, ref, mask, ref_mask in run_both(cfg, feats, labels, stride, mask0.shape):
+        torch.testing.assert_close(soft, ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(mask, ref_mask)
+        masks.append(mask)
+    assert all(m.shape == mask0.shape and m.max() == 1 for m in masks)
+
+
+def test_context_is_first_frame_plus_last_frames():
+    grid = (8, 9)
+    feats = random_features(11, 8, grid, 8)
+    prop = LabelPropagator(PropagationConfig(topk=4, n_last_frames=3, radius=2))
+    prop.reset(feats[0], random_onehot(3, 2, grid))
+    seen = []
+    for f in feats[1:]:
+        seen.append(prop.num_context)
+        prop.step(f)
+    assert seen == [1, 2, 3, 4, 4, 4, 4]
+
+
+def test_dtype_and_device_follow_config():
+    grid = (7, 8)
+    feats = random_features(12, 8, grid, 3)
+    labels = random_onehot(4, 2, grid)
+    prop = LabelPropagator(PropagationConfig(topk=5, n_last_frames=2, radius=2))
+    prop.reset(feats[0].double(), labels.double())
+    out32 = prop.step(feats[1].double())
+    assert out32.dtype == torch.float32 and out32.device.type == "cpu"
+    prop64 = LabelPropagator(PropagationConfig(topk=5, n_last_frames=2, radius=2, dtype="float64"))
+    prop64.reset(feats[0], labels)
+    out64 = prop64.step(feats[1])
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64.float(), out32, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_dense():
+    grid = (20, 23)
+    feats = random_features(13, 32, grid, 6)
+    labels = random_onehot(5, 3, grid)
+    cfg = PropagationConfig(topk=15, n_last_frames=3, radius=5)
+    fast, dense = LabelPropagator(dataclasses.replace(cfg, device="cuda")), DensePropagator(cfg)
+    fast.reset(feats[0], labels)
+    dense.reset(feats[0], labels)
+    for f in feats[1:]:
+        soft, ref = fast.step(f), dense.step(f)
+        assert soft.device.type == "cuda"
+        torch.testing.assert_close(soft.cpu(), ref, rtol=1e-4, atol=1e-5)
+
+
+# --- to_mask -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k,grid,stride,size", [(1, (5, 7), 8, (40, 56)), (2, (6, 9), 8, (45, 77)),
+                                                (3, (10, 13), 4, (41, 50)), (5, (7, 7), 16, (100, 130))])
+def test_to_mask_matches_reference(k, grid, stride, size):
+    gen = torch.Generator().manual_seed(k)
+    soft = torch.rand(k, *grid, generator=gen) ** 3
+    np.testing.assert_array_equal(labels_to_mask(soft, stride, size), dense_to_mask(soft.clone(), stride, size))
+
+
+def test_to_mask_special_channels_match_reference():
+    """An all-zero channel (left as is) and a constant positive one (0/0 = NaN in the reference's norm_mask)."""
+    soft = torch.rand(4, 6, 8)
+    soft[1] = 0
+    soft[2] = 0.25
+    np.testing.assert_array_equal(labels_to_mask(soft, 8, (48, 64)), dense_to_mask(soft.clone(), 8, (48, 64)))
+    soft[2] = 0.1
+    soft[3] = 0
+    np.testing.assert_array_equal(labels_to_mask(soft, 8, (50, 60)), dense_to_mask(soft.clone(), 8, (50, 60)))
+
+
+def test_to_mask_places_objects_at_the_right_pixels():
+    soft = torch.zeros(3, 6, 8)
+    soft[0] = 1
+    soft[:, 1:3, 1:3] = torch.tensor([0.0, 1.0, 0.0])[:, None, None]
+    soft[:, 4:6, 5:8] = torch.tensor([0.1, 0.0, 0.9])[:, None, None]
+    mask = LabelPropagator().to_mask(soft, 8, (48, 64))
+    assert mask.dtype == np.uint8 and mask.shape == (48, 64)
+    assert (mask[12:20, 12:20] == 1).all() and (mask[40:48, 48:64] == 2).all()
+    assert (mask[:4] == 0).all() and (mask[:, :4] == 0).all()
+    assert set(np.unique(mask)) == {0, 1, 2}
+
+
+def test_neighbourhood_mask_counts():
+    mask = neighbourhood_mask((5, 6), 1)
+    assert mask.shape == (30, 30) and torch.equal(mask, mask.T)
+    assert mask.sum(1).view(5, 6)[0, 0] == 4 and mask.sum(1).view(5, 6)[2, 2] == 9
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field,value", [("topk", 0), ("topk", 2.5), ("n_last_frames", -1), ("radius", -2),
+                                         ("temperature", 0.0), ("temperature", -0.1), ("temperature", 0.005),
+                                         ("temperature", math.nan), ("memory_budget_mib", 1), ("block_size", 0),
+                                         ("dtype", "float16"), ("device", "gpu7")])
+def test_bad_config_values(field, value):
+    with pytest.raises(ConfigError) as info:
+        PropagationConfig(**{field: value})
+    assert info.value.key == field and repr(value) in str(info.value)
+
+
+def test_config_defaults_are_dift_davis_and_every_field_has_help():
+    cfg = PropagationConfig()
+    assert (cfg.topk, cfg.n_last_frames, cfg.radius, cfg.temperature) == (15, 28, 15, 0.2)
+    assert all(f.metadata.get("help") for f in dataclasses.fields(PropagationConfig))
+    assert from_dict(PropagationConfig, {"topk": 5, "radius": 0}) == PropagationConfig(topk=5, radius=0)
+    with pytest.raises(ConfigError, match="propagation.topk"):
+        from_dict(PropagationConfig, {"topk": 0}, prefix="propagation.")
+
+
+def test_bad_inputs_raise_shape_errors():
+    grid = (6, 7)
+    feats = random_features(1, 8, grid, 2)
+    labels = random_onehot(1, 2, grid)
+    prop = LabelPropagator(PropagationConfig(topk=3, radius=2))
+    with pytest.raises(ShapeError, match="before reset"):
+        prop.step(feats[1])
+    with pytest.raises(ShapeError, match="grid"):
+        prop.reset(feats[0], random_onehot(1, 2, (6, 8)))
+    with pytest.raises(ShapeError, match="one-hot"):
+        prop.reset(feats[0], labels * 0.5)
+    two_hot = labels.clone()
+    two_hot[:, 0, 0] = 1
+    with pytest.raises(ShapeError, match="one-hot"):
+        prop.reset(feats[0], two_hot)
+    with pytest.raises(ShapeError, match=r"\(C, h, w\)"):
+        prop.reset(feats[0][0], labels)
+    nan = feats[0].clone()
+    nan[3, 2, 1] = float("nan")
+    with pytest.raises(ShapeError, match="NaN"):
+        prop.reset(nan, labels)
+    prop.reset(feats[0], labels)
+    with pytest.raises(ShapeError, match="channels"):
+        prop.step(feats[1][:5])
+    with pytest.raises(ShapeError, match="grid"):
+        prop.step(feats[1][:, :5])
+    bad = feats[1].clone()
+    bad[0, 0, 0] = float("inf")
+    with pytest.raises(ShapeError, match="NaN or infinite"):
+        prop.step(bad)
+    prop.step(feats[1])  # the failed calls left the state intact
+    with pytest.raises(ShapeError, match="stride"):
+        prop.to_mask(torch.rand(2, *grid), 0, (48, 56))
+    with pytest.raises(ShapeError, match="size"):
+        prop.to_mask(torch.rand(2, *grid), 8, (48,))
+    with pytest.raises(ShapeError, match="label channels"):
+        prop.to_mask(torch.rand(300, 2, 2), 8, (16, 16))
