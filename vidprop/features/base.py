@@ -38,6 +38,9 @@ class FeatureExtractor(Protocol):
         channels: C, feature channels per cell.
         stride: pixels per feature cell along each axis.
         cache_key: everything that changes the features except the input (JSON-serialisable).
+
+    Backends may also offer ``frames_per_batch`` (how many frames to pass to ``extract`` at
+    once for full batches); callers should default to 1 when it is absent.
     """
 
     name: str

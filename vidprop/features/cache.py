@@ -186,6 +186,7 @@ class CachedExtractor:
         self.channels = extractor.channels
         self.stride = extractor.stride
         self.cache_key = extractor.cache_key
+        self.frames_per_batch = getattr(extractor, "frames_per_batch", 1)
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         """Uncached features, as the wrapped extractor's ``extract``."""

@@ -207,6 +207,7 @@ class DiftExtractor:
         channels: C (sum over the requested blocks; 640 for SD 2.1 block 2).
         stride: pixels per feature cell (the finest of the requested blocks).
         layer_channels, layer_strides: per requested block, in ``config.layers`` order.
+        frames_per_batch: frames that fill one UNet batch (``batch_size // ensemble_size``, at least 1).
         cache_key: everything that changes the features except the input.
 
     Several blocks (``up_ft_index`` a tuple) are captured in one pass; :meth:`extract` resizes
@@ -271,6 +272,7 @@ class DiftExtractor:
         layers = config.layers
         self.layers = layers
         self.batch_size = config.batch_size
+        self.frames_per_batch = max(1, config.batch_size // config.ensemble_size)
         self.layer_channels = tuple(geometry[i][0] for i in layers)
         self.layer_strides = tuple(geometry[i][1] for i in layers)
         self.channels = sum(self.layer_channels)

@@ -57,7 +57,7 @@ class LabExtractor:
 
     Attributes:
         name: ``"lab"``; channels: 4, +3 with ``texture``, +2 with a positional weight > 0;
-        stride: ``config.stride``; cache_key: the config.
+        stride: ``config.stride``; cache_key: the config; frames_per_batch: a good batch size (8).
     """
 
     name = "lab"
@@ -66,6 +66,7 @@ class LabExtractor:
         self.config = config or LabConfig()
         self.device = torch.device(device)
         self.stride = self.config.stride
+        self.frames_per_batch = 8
         self.channels = 3 + (3 if self.config.texture else 0) + (2 if self.config.positional_weight > 0 else 0) + 1
         self.cache_key = {
             "backend": self.name,
