@@ -201,3 +201,20 @@ def test_incomplete_or_missing_local_folder(tiny_sd_dir, tmp_path):
     assert info.value.path == str(broken)
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         create_extractor("dift_sd", model_id=str(tmp_path / "nowhere" / "model"))
+
+
+def test_hub_id_is_found_in_the_local_cache_offline(tiny_sd_dir, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--vidprop-tests--tiny-sd"
+    shutil.copytree(tiny_sd_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    extractor = create_extractor("dift_sd", model_id="vidprop-tests/tiny-sd", ensemble_size=1)
+    assert (extractor.channels, extractor.stride) == TINY_UP_BLOCKS[2]
+    assert extractor.cache_key["model_id"] == "vidprop-tests/tiny-sd"
+    with pytest.raises(ModelNotFoundError, match="revision v2"):
+        create_extractor("dift_sd", model_id="vidprop-tests/tiny-sd", revision="v2")
