@@ -218,3 +218,18 @@ def test_hub_id_is_found_in_the_local_cache_offline(tiny_sd_dir, tmp_path, monke
     assert extractor.cache_key["model_id"] == "vidprop-tests/tiny-sd"
     with pytest.raises(ModelNotFoundError, match="revision v2"):
         create_extractor("dift_sd", model_id="vidprop-tests/tiny-sd", revision="v2")
+
+
+def test_cache_key_names_everything_that_changes_the_features(block2, tiny_sd_dir, tmp_path):
+    key = block2.cache_key
+    assert {k: key[k] for k in ("backend", "model_id", "revision", "timestep", "up_ft_index", "ensemble_size", "seed", "prompt", "dtype")} == {
+        "backend": "dift_sd", "model_id": str(tiny_sd_dir), "revision": None, "timestep": 51, "up_ft_index": [2],
+        "ensemble_size": 4, "seed": 0, "prompt": "", "dtype": "float32",
+    }
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_sd_dir, copy)
+    with (copy / "unet" / "diffusion_pytorch_model.safetensors").open("ab") as f:
+        f.write(b"\0" * 8)  # other weights, same folder layout
+    from vidprop.features.dift_sd import weights_fingerprint
+
+    assert weights_fingerprint(copy) != weights_fingerprint(tiny_sd_dir) == key["weights"]

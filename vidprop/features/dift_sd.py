@@ -41,7 +41,7 @@ from vidprop.errors import ConfigError, ModelNotFoundError, ShapeError
 from vidprop.features.base import check_images, register_extractor
 from vidprop.features.config import DiftConfig
 
-__all__ = ["DiftExtractor", "resolve_model_dir", "REQUIRED_SUBFOLDERS", "up_block_geometry"]
+__all__ = ["DiftExtractor", "resolve_model_dir", "REQUIRED_SUBFOLDERS", "up_block_geometry", "weights_fingerprint", "encode_prompt"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,21 @@ def resolve_model_dir(model_id: str, revision: str | None = None, timeout_s: flo
     return _check_layout(Path(path), model_id)
 
 
+def weights_fingerprint(model_dir: Path) -> str:
+    """A short hash of the model's files (names, sizes, modification times), for cache keys.
+
+    It changes when the weights in a local folder are replaced, so stale cached features are
+    never reused (a copied folder only costs a recomputation).
+    """
+    digest = hashlib.sha256()
+    for sub in REQUIRED_SUBFOLDERS:
+        for path in sorted((model_dir / sub).rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path.relative_to(model_dir).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def up_block_geometry(unet_config: Any, vae_config: Any) -> list[tuple[int, int]]:
     """(channels, stride in image pixels) of each UNet up block's output.
 
@@ -242,6 +257,7 @@ class DiftExtractor:
                 path=model_dir,
             ) from exc
         self._setup(config, unet, vae, scheduler, prompt_embeds, device, dtype)
+        self.cache_key["weights"] = weights_fingerprint(model_dir)
 
     @classmethod
     def from_components(
