@@ -21,6 +21,7 @@ import logging
 import math
 import multiprocessing
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -327,6 +328,20 @@ def _default_processes() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _pool_context():
+    """Fork when this process has no other thread (fast: nothing to import again); otherwise a
+    fork server, because forking a process whose threads hold locks (a progress-bar monitor, a
+    previous pool's handlers) can deadlock the children."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if "forkserver" in methods:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 def _chunks(jobs: list[_SequenceJob], processes: int) -> list[tuple[int, int, int]]:
     """Split every sequence into frame ranges, about 4 per process in all, largest first."""
     total = sum(len(j.frames) for j in jobs)
@@ -351,10 +366,8 @@ def _run(jobs: list[_SequenceJob], ignore_void: bool, processes: int | None) -> 
             return [_score_chunk(t) for t in progress(tasks, **bar)]
         finally:
             _WORKER.clear()
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
     results = []
-    with context.Pool(processes, initializer=_init_worker, initargs=(jobs, ignore_void, False)) as pool:
+    with _pool_context().Pool(processes, initializer=_init_worker, initargs=(jobs, ignore_void, False)) as pool:
         for status, payload in progress(pool.imap_unordered(_score_chunk, tasks), **bar):
             results.append((status, payload))
             if status == "error":

@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Time vidprop's J&F scorer against the official DAVIS-2017 evaluation and vos-benchmark.
+
+Every tool scores the same predictions, as a fresh process (start-up and imports included), with
+the same number of processes; runs are interleaved and repeated, and the ratios use the medians
+of the same run. The official tool has no parallelism, so it is also compared with vidprop on one
+process. Example (fetch the baselines first; the official tool needs pandas, so give it a Python
+that has it)::
+
+    python tools/bench_scorer.py --davis-root ../shared/davis-sample \\
+        --results ../shared/davis-predictions/osvos \\
+        --official /work/ext/davis2017-evaluation --vos-benchmark /work/ext/vos-benchmark \\
+        --baseline-python /work/ext/venv/bin/python --processes 2 --repeat 3
+
+A baseline whose path is not given is skipped. Two vidprop timings are shown: the scorer alone
+(``vidprop.scoring``: evaluate, CSVs, table) and the whole ``vidprop evaluate`` command (which also
+imports the other sub-commands' modules).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+SCORER_ONLY = """
+import sys
+from vidprop.scoring import evaluate_davis, format_table
+from vidprop.scoring.report import write_reports
+root, results, split, processes, out = sys.argv[1:6]
+scores = evaluate_davis(root, results, split, processes=int(processes))
+write_reports(scores, out, split)
+print(format_table(scores))
+print("J&F-Mean %.6f" % scores.j_and_f_mean)
+"""
+
+
+def _link_results(results: Path, dest: Path) -> Path:
+    """A fresh results folder of symlinks (the baselines write their CSVs into it)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for seq in sorted(p for p in results.iterdir() if p.is_dir()):
+        (dest / seq.name).symlink_to(seq.resolve(), target_is_directory=True)
+    return dest
+
+
+def _run(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return seconds, proc.stdout
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--davis-root", type=Path, required=True)
+    parser.add_argument("--results", type=Path, required=True, help="predictions: DIR/<seq>/<frame>.png")
+    parser.add_argument("--set", dest="split", default="val")
+    parser.add_argument("--official", type=Path, help="checkout of davisvideochallenge/davis2017-evaluation")
+    parser.add_argument("--vos-benchmark", type=Path, help="checkout of hkchengrex/vos-benchmark")
+    parser.add_argument("--baseline-python", default=sys.executable, help="Python that runs the baselines")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the timings here")
+    args = parser.parse_args(argv)
+
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    work = Path(tempfile.mkdtemp(prefix="bench_scorer_"))
+    p = args.processes
+    tools: dict[str, callable] = {}
+
+    def vidprop_scorer(processes: int):
+        def run():
+            out = work / f"vidprop-{processes}"
+            return _run([sys.executable, "-c", SCORER_ONLY, str(args.davis_root), str(args.results), args.split, str(processes), str(out)], env=env)
+
+        return run
+
+    def vidprop_cli():
+        cmd = [sys.executable, "-m", "vidprop", "-q", "evaluate", "--davis-root", str(args.davis_root), "--results", str(args.results)]
+        return _run(cmd + ["--set", args.split, "--processes", str(p), "--out", str(work / "vidprop-cli")], env=env)
+
+    tools[f"vidprop scorer ({p} proc)"] = vidprop_scorer(p)
+    tools["vidprop scorer (1 proc)"] = vidprop_scorer(1)
+    tools[f"vidprop evaluate CLI ({p} proc)"] = vidprop_cli
+    if args.official:
+        def official():
+            res = _link_results(args.results, work / "official")
+            cmd = [args.baseline_python, str(args.official / "evaluation_method.py"), "--davis_path", str(args.davis_root)]
+            return _run(cmd + ["--set", args.split, "--task", "semi-supervised", "--results_path", str(res)], cwd=args.official)
+
+        tools["official (1 proc, its only mode)"] = official
+    if args.vos_benchmark:
+        def vos():
+            res = _link_results(args.results, work / "vos")
+            gt = args.davis_root / "Annotations" / "480p"
+            return _run([args.baseline_python, str(args.vos_benchmark / "benchmark.py"), "-g", str(gt), "-m", str(res), "-n", str(p)], cwd=args.vos_benchmark)
+
+        tools[f"vos-benchmark ({p} proc)"] = vos
+
+    times: dict[str, list[float]] = {name: [] for name in tools}
+    outputs: dict[str, str] = {}
+    for r in range(args.repeat):
+        for name, fn in tools.items():
+            seconds, out = fn()
+            times[name].append(seconds)
+            outputs[name] = out
+            print(f"[{r + 1}/{args.repeat}] {name:36s} {seconds:7.2f} s", flush=True)
+
+    median = {name: statistics.median(v) for name, v in times.items()}
+    print(f"\nmachine: {_cpu_model()}, {os.cpu_count()} logical CPUs, load avg {os.getloadavg()[0]:.1f}; "
+          f"{args.repeat} interleaved runs, medians (min)")
+    for name in tools:
+        print(f"  {name:36s} {median[name]:7.2f} s  ({min(times[name]):.2f})")
+    ours, ours1, cli = (median[f"vidprop scorer ({p} proc)"], median["vidprop scorer (1 proc)"], median[f"vidprop evaluate CLI ({p} proc)"])
+    ratios = {}
+    for name in tools:
+        if name.startswith("vidprop"):
+            continue
+        same = ours1 if name.startswith("official") else ours
+        ratios[name] = {"vs scorer, same processes": median[name] / same, f"vs scorer {p} proc": median[name] / ours, "vs CLI": median[name] / cli}
+        print(f"  {name} / vidprop: {median[name] / same:.1f}x (same number of processes), "
+              f"{median[name] / ours:.1f}x (vidprop on {p}), {median[name] / cli:.1f}x (vidprop evaluate CLI on {p})")
+    if "official (1 proc, its only mode)" in outputs:
+        print("\nofficial tool output (check the numbers agree):")
+        print("\n".join(outputs["official (1 proc, its only mode)"].splitlines()[-22:-16]))
+    print("vidprop:", outputs[f"vidprop scorer ({p} proc)"].strip().splitlines()[-1])
+    if args.json:
+        args.json.write_text(json.dumps({"times_s": times, "median_s": median, "ratios": ratios, "processes": p}, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
