@@ -348,6 +348,32 @@ def test_decay_is_right_for_sequences_longer_than_256_frames(tmp_path):
     assert obj.j_mean == pytest.approx(75 / 298) and obj.j_recall == pytest.approx(75 / 298)
 
 
+def test_a_subset_of_sequences_can_be_scored(subset_root, osvos_root, expected):
+    scores = evaluate_davis(subset_root, osvos_root, sequences=["libby", "blackswan"], processes=1)
+    assert scores.sequences == ("blackswan", "libby")  # split order
+    for obj in scores.objects:
+        assert obj.j_mean == pytest.approx(expected["osvos"]["per_object"][obj.name]["J-Mean"], abs=TOL)
+    with pytest.raises(DavisLayoutError, match="not in split 'val': bear"):
+        evaluate_davis(subset_root, osvos_root, sequences=["bear"])
+
+
+def test_pool_after_torch_and_threads_does_not_hang(subset_root, osvos_root):
+    # torch has run its thread pool and a Python thread is alive: the pool must not fork.
+    import threading
+
+    import torch
+
+    torch.ones(256, 256) @ torch.ones(256, 256)
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, daemon=True)
+    thread.start()
+    try:
+        scores = evaluate_davis(subset_root, osvos_root, sequences=["car-shadow", "libby"], processes=2)
+    finally:
+        stop.set()
+    assert len(scores.objects) == 2
+
+
 def test_pool_and_single_process_agree(subset_root, tmp_path):
     pred = make_perturbed(subset_root / "Annotations" / "480p", "noise", tmp_path / "noise", SUBSET[:2])
     link = link_davis_subset(subset_root, tmp_path / "two", SUBSET[:2])

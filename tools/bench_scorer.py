@@ -13,8 +13,8 @@ that has it)::
         --baseline-python /work/ext/venv/bin/python --processes 2 --repeat 3
 
 A baseline whose path is not given is skipped. Two vidprop timings are shown: the scorer alone
-(``vidprop.scoring``: evaluate, CSVs, table) and the whole ``vidprop evaluate`` command (which also
-imports the other sub-commands' modules).
+(``vidprop.scoring``: evaluate and table; no CSVs, since ``vidprop.io`` imports torch) and the whole
+``vidprop evaluate`` command (which also imports the other sub-commands' modules, torch included).
 """
 
 from __future__ import annotations
@@ -33,13 +33,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The scorer alone: no CSVs, because vidprop.io (atomic_write) currently imports torch.
 SCORER_ONLY = """
 import sys
 from vidprop.scoring import evaluate_davis, format_table
-from vidprop.scoring.report import write_reports
 root, results, split, processes, out = sys.argv[1:6]
 scores = evaluate_davis(root, results, split, processes=int(processes))
-write_reports(scores, out, split)
 print(format_table(scores))
 print("J&F-Mean %.6f" % scores.j_and_f_mean)
 """
@@ -82,20 +81,26 @@ def main(argv=None) -> int:
     parser.add_argument("--official", type=Path, help="checkout of davisvideochallenge/davis2017-evaluation")
     parser.add_argument("--vos-benchmark", type=Path, help="checkout of hkchengrex/vos-benchmark")
     parser.add_argument("--baseline-python", default=sys.executable, help="Python that runs the baselines")
+    parser.add_argument(
+        "--extra-vidprop-python", help="also time the scorer under this Python (e.g. one with the optional zlib-ng)"
+    )
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the timings here")
     args = parser.parse_args(argv)
+    for name in ("davis_root", "results", "official", "vos_benchmark"):
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).resolve())
 
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     work = Path(tempfile.mkdtemp(prefix="bench_scorer_"))
     p = args.processes
     tools: dict[str, callable] = {}
 
-    def vidprop_scorer(processes: int):
+    def vidprop_scorer(processes: int, python: str = sys.executable):
         def run():
             out = work / f"vidprop-{processes}"
-            return _run([sys.executable, "-c", SCORER_ONLY, str(args.davis_root), str(args.results), args.split, str(processes), str(out)], env=env)
+            return _run([python, "-c", SCORER_ONLY, str(args.davis_root), str(args.results), args.split, str(processes), str(out)], env=env)
 
         return run
 
@@ -106,6 +111,9 @@ def main(argv=None) -> int:
     tools[f"vidprop scorer ({p} proc)"] = vidprop_scorer(p)
     tools["vidprop scorer (1 proc)"] = vidprop_scorer(1)
     tools[f"vidprop evaluate CLI ({p} proc)"] = vidprop_cli
+    if args.extra_vidprop_python:
+        tools[f"vidprop scorer ({p} proc, extra Python)"] = vidprop_scorer(p, args.extra_vidprop_python)
+        tools["vidprop scorer (1 proc, extra Python)"] = vidprop_scorer(1, args.extra_vidprop_python)
     if args.official:
         def official():
             res = _link_results(args.results, work / "official")
@@ -135,15 +143,17 @@ def main(argv=None) -> int:
           f"{args.repeat} interleaved runs, medians (min)")
     for name in tools:
         print(f"  {name:36s} {median[name]:7.2f} s  ({min(times[name]):.2f})")
-    ours, ours1, cli = (median[f"vidprop scorer ({p} proc)"], median["vidprop scorer (1 proc)"], median[f"vidprop evaluate CLI ({p} proc)"])
     ratios = {}
     for name in tools:
         if name.startswith("vidprop"):
             continue
-        same = ours1 if name.startswith("official") else ours
-        ratios[name] = {"vs scorer, same processes": median[name] / same, f"vs scorer {p} proc": median[name] / ours, "vs CLI": median[name] / cli}
-        print(f"  {name} / vidprop: {median[name] / same:.1f}x (same number of processes), "
-              f"{median[name] / ours:.1f}x (vidprop on {p}), {median[name] / cli:.1f}x (vidprop evaluate CLI on {p})")
+        ratios[name] = {}
+        for ours in tools:
+            # vos-benchmark runs on p processes: compare it with vidprop on p; the official tool
+            # has one process only: compare it with every vidprop run, 1-process ones included.
+            if ours.startswith("vidprop") and (name.startswith("official") or f"({p} proc" in ours):
+                ratios[name][ours] = median[name] / median[ours]
+                print(f"  {name} / {ours}: {median[name] / median[ours]:.1f}x")
     if "official (1 proc, its only mode)" in outputs:
         print("\nofficial tool output (check the numbers agree):")
         print("\n".join(outputs["official (1 proc, its only mode)"].splitlines()[-22:-16]))

@@ -24,6 +24,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     davis.add_argument("--davis-root", metavar="ROOT", help="DAVIS folder (ImageSets/2017, Annotations/480p)")
     davis.add_argument("--results", metavar="DIR", help="predictions: DIR/<seq>/<frame>.png")
     davis.add_argument("--set", dest="split", default="val", metavar="SPLIT", help="split to score (default: val)")
+    davis.add_argument("--sequences", metavar="A,B", help="score only these sequences of the split (comma-separated)")
     generic = parser.add_argument_group("generic folders")
     generic.add_argument("--gt", metavar="DIR", help="ground truth: DIR/<seq>/<frame>.png")
     generic.add_argument("--pred", metavar="DIR", help="predictions with the same names as --gt")
@@ -51,6 +52,8 @@ def _check_mode(args: argparse.Namespace) -> bool:
         raise ConfigError("DAVIS mode needs both --davis-root and --results", key="--davis-root/--results")
     if generic and (args.gt is None or args.pred is None):
         raise ConfigError("generic mode needs both --gt and --pred", key="--gt/--pred")
+    if generic and args.sequences:
+        raise ConfigError("--sequences only applies to --davis-root/--results", key="--sequences")
     if davis and (args.ignore_void or args.score_first_last):
         raise ConfigError(
             "--ignore-void and --score-first-last only apply to --gt/--pred (DAVIS parity mode follows the official tool)",
@@ -70,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
         skip_first_last=not args.score_first_last,
     )
     if parity:
-        scores = evaluate_davis(args.davis_root, args.results, args.split, config.processes, config.on_missing_sequence)
+        sequences = [s for s in args.sequences.split(",") if s] if args.sequences else None
+        scores = evaluate_davis(
+            args.davis_root, args.results, args.split, config.processes, config.on_missing_sequence, sequences
+        )
         pred_dir = args.results
     else:
         scores = evaluate_folders(

@@ -21,6 +21,7 @@ import logging
 import math
 import multiprocessing
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +218,7 @@ def _check_results_dir(path: Path) -> Path:
     return path
 
 
-def _davis_sequences(davis_root: Path, split: str) -> list[tuple[str, list[Path]]]:
+def _davis_sequences(davis_root: Path, split: str, only: Sequence[str] | None = None) -> list[tuple[str, list[Path]]]:
     split_file = davis_root / "ImageSets" / "2017" / f"{split}.txt"
     annotations = davis_root / "Annotations" / "480p"
     if not davis_root.is_dir():
@@ -227,6 +228,11 @@ def _davis_sequences(davis_root: Path, split: str) -> list[tuple[str, list[Path]
     names = list(dict.fromkeys(line.strip() for line in split_file.read_text(encoding="utf-8").splitlines() if line.strip()))
     if not names:
         raise DavisLayoutError("split file lists no sequences", split_file)
+    if only is not None:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise DavisLayoutError(f"sequence(s) not in split {split!r}: {', '.join(unknown)}", split_file)
+        names = [n for n in names if n in set(only)]
     out = []
     for name in names:
         folder = annotations / name
@@ -328,12 +334,18 @@ def _default_processes() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# Libraries whose native thread pools make a forked child hang if the parent has used them.
+_THREADED_LIBRARIES = ("torch", "tensorflow", "jax", "decord")
+
+
 def _pool_context():
-    """Fork when this process has no other thread (fast: nothing to import again); otherwise a
-    fork server, because forking a process whose threads hold locks (a progress-bar monitor, a
-    previous pool's handlers) can deadlock the children."""
+    """Fork when this process is plainly single-threaded (fast: nothing to import again);
+    otherwise a fork server. Forking a process whose threads hold locks (a prefetch thread, a
+    progress-bar monitor, torch's OpenMP pool, a previous pool's handlers) can deadlock the
+    children, and native thread pools are invisible to ``threading``, hence the module check."""
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
+    clean = threading.active_count() == 1 and not any(m in sys.modules for m in _THREADED_LIBRARIES)
+    if "fork" in methods and clean:
         return multiprocessing.get_context("fork")
     if "forkserver" in methods:
         context = multiprocessing.get_context("forkserver")
@@ -409,6 +421,7 @@ def evaluate_davis(
     split: str = "val",
     processes: int | None = None,
     on_missing: str = "error",
+    sequences: Sequence[str] | None = None,
 ) -> DavisScores:
     """Score DAVIS-2017 semi-supervised predictions exactly as the official evaluation does.
 
@@ -419,12 +432,14 @@ def evaluate_davis(
         processes: worker processes (None = one per CPU core, 1 = in this process).
         on_missing: a sequence without a prediction folder is an ``"error"`` or is ``"skip"`` ped
             with a warning.
+        sequences: score only these sequences of the split (in split order); None = all.
 
     Returns:
         Unrounded :class:`DavisScores` (the official tool rounds to 3 decimals only when writing).
 
     Raises:
-        DavisLayoutError: no split file, a sequence without ground truth.
+        DavisLayoutError: no split file, a sequence without ground truth, a ``sequences`` name
+            that is not in the split.
         SourceError: missing results folder or sequence folder (with ``on_missing="error"``), or a
             sequence with fewer than 3 frames.
         MaskError: a missing prediction frame, an unreadable PNG, a prediction id larger than the
@@ -432,8 +447,8 @@ def evaluate_davis(
         ShapeError: a prediction whose size differs from its ground truth.
     """
     results = _check_results_dir(Path(results_dir))
-    sequences = [(name, files, results / name) for name, files in _davis_sequences(Path(davis_root), split)]
-    jobs, skipped = _plan(sequences, True, True, on_missing)
+    listed = _davis_sequences(Path(davis_root), split, sequences)
+    jobs, skipped = _plan([(name, files, results / name) for name, files in listed], True, True, on_missing)
     return _evaluate(jobs, skipped, False, processes, parity=True)
 
 
