@@ -142,7 +142,9 @@ def score_davis(
     from vidprop.scoring import evaluate_davis
 
     scoring = config.scoring
-    kwargs = dict(split=split, processes=scoring.processes, on_missing=scoring.on_missing_sequence)
+    # One process unless asked: scoring all 934 sample frames takes ~4 s in-process, and a forked pool
+    # can deadlock on the native thread pools (OpenCV, OpenMP) this process has used for propagation.
+    kwargs = dict(split=split, processes=scoring.processes or 1, on_missing=scoring.on_missing_sequence)
     all_sequences = _split_sequences(Path(davis_root), split)
     if sequences is None or list(sequences) == all_sequences:
         return evaluate_davis(davis_root, results_dir, **kwargs)
