@@ -174,7 +174,7 @@ def test_real_frames_match_dense(davis_root):
         pooled = F.avg_pool2d(rgb[None], stride)[0]
         feats.append(torch.cat([pooled, pooled - pooled.mean((1, 2), keepdim=True)]))
     grid = tuple(feats[0].shape[1:])
-    small = np.asarray(Image.fromarray((mask0 > 0).astype(np.uint8)).resize((grid[1], grid[0]), Image.NEAREST))
+    small = np.array(Image.fromarray((mask0 > 0).astype(np.uint8)).resize((grid[1], grid[0]), Image.NEAREST))
     labels = F.one_hot(torch.from_numpy(small).long(), 2).permute(2, 0, 1).float()
     cfg = PropagationConfig(topk=15, n_last_frames=2, radius=4, temperature=0.2)
     masks = []
