@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -142,25 +141,7 @@ def score_davis(
     from vidprop.scoring import evaluate_davis
 
     scoring = config.scoring
-    # One process unless asked: scoring all 934 sample frames takes ~4 s in-process, and a forked pool
-    # can deadlock on the native thread pools (OpenCV, OpenMP) this process has used for propagation.
+    # One process unless asked: scoring the 934 sample frames takes ~4 s in-process, less than
+    # starting a pool next to the loaded model.
     kwargs = dict(split=split, processes=scoring.processes or 1, on_missing=scoring.on_missing_sequence)
-    all_sequences = _split_sequences(Path(davis_root), split)
-    if sequences is None or list(sequences) == all_sequences:
-        return evaluate_davis(davis_root, results_dir, **kwargs)
-    with tempfile.TemporaryDirectory(prefix="vidprop-davis-") as tmp:
-        return evaluate_davis(_subset_view(Path(davis_root), Path(tmp), split, sequences), results_dir, **kwargs)
-
-
-def _split_sequences(root: Path, split: str) -> list[str]:
-    lines = (root / "ImageSets" / "2017" / f"{split}.txt").read_text(encoding="utf-8").splitlines()
-    return list(dict.fromkeys(line.strip() for line in lines if line.strip()))
-
-
-def _subset_view(root: Path, tmp: Path, split: str, sequences: Sequence[str]) -> Path:
-    """A DAVIS root under ``tmp`` whose split lists only ``sequences`` (annotations linked, not copied)."""
-    sets = tmp / "ImageSets" / "2017"
-    sets.mkdir(parents=True)
-    (sets / f"{split}.txt").write_text("\n".join(sequences) + "\n", encoding="utf-8")
-    (tmp / "Annotations").symlink_to((root / "Annotations").resolve(), target_is_directory=True)
-    return tmp
+    return evaluate_davis(davis_root, results_dir, sequences=sequences, **kwargs)

@@ -113,11 +113,8 @@ class VideoPipeline:
         return list(feats.to(device=self.device, dtype=torch.float32).unbind(0))
 
     def _batch_frames(self) -> int:
-        """Frames per extractor call: one UNet batch for DIFT (ensemble members x frames), else 8."""
-        features = self.config.features
-        if features.backend == "dift_sd":
-            return max(1, features.dift.batch_size // features.dift.ensemble_size)
-        return 8
+        """Frames per extractor call: the backend's ``frames_per_batch`` hint (one UNet batch for DIFT)."""
+        return int(getattr(self.extractor, "frames_per_batch", 1))
 
     def frames_with_features(self, source: FrameSource, video_id: str | None = None) -> Iterator[tuple[Frame, torch.Tensor]]:
         """Stream ``(frame, (C, h, w) features)`` pairs, extracting in batches on the device.
