@@ -98,6 +98,8 @@ def test_exit_codes_and_messages(short_sequence, tmp_path, capsys, caplog):
         (["davis", "--davis-root", str(tmp_path), "--set", "val", "--out", out, *FAST], "not a DAVIS root"),
         (["davis", "--davis-root", str(root), "--set", "val", "--out", out, *FAST, "--sequences", "nope"], "nope"),
         (["extract", frames, *FAST], "features.cache.dir"),
+        (["davis", "--davis-root", str(root), "--set", "propagation.topk", "--out", out, *FAST], "--set propagation.topk=VALUE"),
+        (["davis", "--davis-root", str(root), "--set", "val", "--split", "train", "--out", out, *FAST], "several DAVIS splits"),
     ]
     for argv, fragment in cases:
         caplog.clear()

@@ -171,10 +171,13 @@ def split_and_overrides(args: argparse.Namespace, default: str = "val") -> str:
     Raises:
         InputError: two different splits.
     """
-    from vidprop.errors import InputError
+    from vidprop.errors import ConfigError, InputError
 
     overrides = list(getattr(args, "overrides", None) or [])
     splits = [o for o in overrides if "=" not in o]
+    for split in splits:
+        if "." in split:
+            raise ConfigError(f"--set {split}: a config override needs a value (--set {split}=VALUE)", key=split)
     args.overrides = [o for o in overrides if "=" in o]
     explicit = getattr(args, "split", None)
     chosen = set(splits) | ({explicit} if explicit else set())

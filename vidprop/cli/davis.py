@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(result.scores))
         print(f"J&F-Mean: {result.scores.j_and_f_mean:.6f}")
         print(f"reports: {result.reports[0]} {result.reports[1]}")
-    elif result.pending and result.summary.exit_code == 0 and not args.no_score:
-        print(f"scoring waits for {len(result.pending)} sequence(s) still running in other shards: {', '.join(result.pending)}")
+    elif result.pending and not args.no_score:
+        if result.summary.exit_code != 0:
+            print(f"not scored: {len(result.summary.failed)} sequence(s) failed (fix them and run the command again)")
+        else:
+            print(f"scoring waits for {len(result.pending)} sequence(s) still running in other shards: {', '.join(result.pending)}")
     return result.summary.exit_code
