@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from vidprop.config_base import check
 from vidprop.errors import DavisLayoutError, InputError, MaskError, ShapeError, SourceError
 from vidprop.log import progress
 from vidprop.scoring.config import ON_MISSING_CHOICES
@@ -192,8 +193,7 @@ def _plan(
     sequences: Iterable[tuple[str, list[Path], Path]], parity: bool, skip_first_last: bool, on_missing: str
 ) -> tuple[list[_SequenceJob], list[str]]:
     """Plan every ``(name, ground-truth PNGs, prediction folder)``; missing folders per ``on_missing``."""
-    if on_missing not in ON_MISSING_CHOICES:
-        raise ValueError(f"on_missing must be one of {ON_MISSING_CHOICES}, got {on_missing!r}")
+    check(on_missing in ON_MISSING_CHOICES, "on_missing", on_missing, " or ".join(map(repr, ON_MISSING_CHOICES)))
     jobs, skipped = [], []
     for name, gt_files, pred_dir in sequences:
         if not pred_dir.is_dir():

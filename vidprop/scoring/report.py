@@ -54,10 +54,14 @@ def write_reports(scores: DavisScores, out_dir: str | os.PathLike, split: str = 
     return paths
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list[str]], names_first: bool = False) -> str:
+    """Columns right-aligned (the first left-aligned if it holds names)."""
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = [header] + rows
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in lines)
+    return "\n".join(
+        "  ".join(c.ljust(w) if names_first and i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in lines
+    )
 
 
 def format_table(scores: DavisScores, digits: int = 3) -> str:
@@ -66,7 +70,7 @@ def format_table(scores: DavisScores, digits: int = 3) -> str:
     stats = scores.global_stats()
     glob = _table(list(stats), [[fmt % v for v in stats.values()]])
     rows = [[o.name, fmt % ((o.j_mean + o.f_mean) / 2), fmt % o.j_mean, fmt % o.f_mean] for o in scores.objects]
-    per = _table(["Sequence", "J&F-Mean", "J-Mean", "F-Mean"], rows)
+    per = _table(["Sequence", "J&F-Mean", "J-Mean", "F-Mean"], rows, names_first=True)
     n_seq, n_obj = len(scores.sequences), len(scores.objects)
     parts = [f"Global results ({n_obj} objects in {n_seq} sequences)", glob, "", "Per-object results", per]
     if scores.skipped_sequences:
