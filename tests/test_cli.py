@@ -165,3 +165,15 @@ def test_extract_fills_the_cache_and_davis_reads_it(short_sequence, tmp_path, ca
     with caplog.at_level("INFO", logger="vidprop"):
         assert cli.main(["davis", "--davis-root", str(root), "--set", "val", "--out", str(tmp_path / "r"), *base]) == 0
     assert "4 hits, 0 misses" in caplog.text
+
+
+def test_extract_a_video_then_propagate_reads_the_cache(short_sequence, tmp_path, caplog):
+    root = short_sequence("car-shadow", 4)
+    frames = str(root / "JPEGImages" / "480p" / "car-shadow")
+    mask = str(root / "Annotations" / "480p" / "car-shadow" / "00000.png")
+    base = [*FAST, "--short-side", "64", "--cache-dir", str(tmp_path / "cache")]
+    assert cli.main(["extract", frames, *base]) == 0
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vidprop"):
+        assert cli.main(["propagate", frames, "--mask", mask, "--out", str(tmp_path / "out"), *base]) == 0
+    assert "4 hits, 0 misses" in caplog.text

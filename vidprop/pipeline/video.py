@@ -44,8 +44,6 @@ class PropagatedFrame:
     mask: np.ndarray
 
 
-
-
 class VideoPipeline:
     """Propagates first-frame masks through videos; holds the feature extractor across videos.
 
