@@ -35,7 +35,7 @@ def test_lab_conversion_matches_scikit_image(davis_root):
 def test_cells_average_the_colour_and_interface(davis_root):
     frame = np.asarray(Image.open(davis_root / "JPEGImages" / "480p" / "car-shadow" / "00000.jpg").convert("RGB"))
     frame = frame[:480, :832]
-    ex = create_extractor(FeatureConfig(backend="lab", lab=LabConfig(stride=16, positional_weight=0.5)))
+    ex = create_extractor(FeatureConfig(backend="lab", lab=LabConfig(stride=16, positional_weight=0.5, bias=1.0)))
     assert ex.channels == 3 + 3 + 2 + 1 and ex.stride == 16 and ex.cache_key["stride"] == 16
     images = to_tensor(frame)
     feats = ex.extract(images)
@@ -51,7 +51,7 @@ def test_cells_average_the_colour_and_interface(davis_root):
 def test_similar_colours_are_more_similar_than_different_ones():
     red, dark_red, blue = (torch.tensor(c, dtype=torch.float32) for c in ([0.9, -0.8, -0.8], [0.6, -0.9, -0.9], [-0.8, -0.8, 0.9]))
     images = torch.stack([c[:, None, None].expand(3, 8, 8) for c in (red, dark_red, blue)])
-    f = torch.nn.functional.normalize(create_extractor("lab", stride=8).extract(images)[:, :, 0, 0], dim=1)
+    f = torch.nn.functional.normalize(create_extractor("lab", stride=8, positional_weight=0.0).extract(images)[:, :, 0, 0], dim=1)
     assert f[0] @ f[1] > f[0] @ f[2] + 0.1
 
 

@@ -60,12 +60,15 @@ class DiftConfig:
 
 @dataclass(frozen=True)
 class LabConfig:
-    """Weight-free baseline: CIE-Lab colour statistics over stride-sized cells."""
+    """Weight-free baseline: CIE-Lab colour statistics over stride-sized cells.
+
+    Defaults chosen by J&F on the DAVIS sample (tools/sweep_lab.py; see the features README).
+    """
 
     stride: int = option(8, help="pixels per feature cell (cells are stride x stride, averaged)")
     texture: bool = option(True, help="append the per-cell standard deviation of L, a, b (3 more channels)")
-    positional_weight: float = option(0.0, help="weight of the (y, x) cell position channels, in units of the frame size")
-    bias: float = option(1.0, help="constant channel; makes cosine similarity decrease with colour distance")
+    positional_weight: float = option(1.0, help="weight of the (y, x) cell position channels, in units of the frame size; 0 = none")
+    bias: float = option(0.1, help="constant channel; makes cosine similarity decrease with colour distance")
 
     def __post_init__(self) -> None:
         check(isinstance(self.stride, int) and self.stride >= 1, "stride", self.stride, "an integer >= 1")
