@@ -443,7 +443,12 @@ def evaluate_davis(
         SourceError: missing results folder or sequence folder (with ``on_missing="error"``), or a
             sequence with fewer than 3 frames.
         MaskError: a missing prediction frame, an unreadable PNG, a prediction id larger than the
-            number of objects in the first ground-truth frame (the official tool stops there too).
+            number of objects in the first ground-truth frame (the official tool prints a message
+            and exits with status 0 and no results there).
+
+    As in the official tool, an id missing from the first frame below the largest one (ids 1 and
+    3) is an object that is absent everywhere, so it scores 1 in every frame the prediction also
+    leaves it out.
         ShapeError: a prediction whose size differs from its ground truth.
     """
     results = _check_results_dir(Path(results_dir))

@@ -14,8 +14,9 @@ work differently:
   trivially and are not looked up.
 
 The one deliberate difference is in :func:`decay_bin_edges`: the official code stores the bin
-edges as uint8, which wraps for sequences with more than 256 scored frames and makes Decay wrong
-(or NaN) there; here they are plain integers.
+edges as uint8, so they wrap around once a sequence has 256 or more scored frames (258 frames;
+with NumPy 1, one more), and its Decay there is NaN or wrong; here they are plain integers, and
+Decay is the same as the official one for every shorter sequence.
 """
 
 from __future__ import annotations
