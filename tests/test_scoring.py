@@ -374,6 +374,19 @@ def test_pool_after_torch_and_threads_does_not_hang(subset_root, osvos_root):
     assert len(scores.objects) == 2
 
 
+def test_generic_frames_are_in_natural_order(tmp_path):
+    # Frames 1..12 without zero padding: "10.png" must not be taken for an early frame. Frame 12
+    # (the last, not scored) and frame 1 (the first) are wrong on purpose; the others are right.
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 1
+    for t in range(1, 13):
+        save_png(tmp_path / "gt" / "seq" / f"{t}.png", mask)
+        save_png(tmp_path / "pred" / "seq" / f"{t}.png", mask if 1 < t < 12 else np.zeros_like(mask))
+    (obj,) = evaluate_folders(tmp_path / "gt", tmp_path / "pred", processes=1).objects
+    assert obj.frames == tuple(str(t) for t in range(2, 12))
+    assert obj.j_mean == 1.0
+
+
 def test_pool_and_single_process_agree(subset_root, tmp_path):
     pred = make_perturbed(subset_root / "Annotations" / "480p", "noise", tmp_path / "noise", SUBSET[:2])
     link = link_davis_subset(subset_root, tmp_path / "two", SUBSET[:2])

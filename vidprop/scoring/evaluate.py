@@ -21,6 +21,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -144,9 +145,15 @@ class _SequenceJob:
     num_objects: int | None  # DAVIS parity: ids 1..N; None: ids found in the frames
 
 
+def _natural_key(name: str) -> list:
+    # = vidprop.io.frames.natural_key (not imported: vidprop.io imports torch)
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def _png_files(folder: Path) -> list[Path]:
-    """The PNGs of ``folder`` sorted by name (the official tool sorts the same way)."""
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()), key=lambda p: p.name)
+    """The PNGs of ``folder`` in natural order ("2.png" before "10.png"); for zero-padded DAVIS
+    names that is the official tool's (lexicographic) order."""
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()), key=lambda p: _natural_key(p.name))
 
 
 def _first_objects(path: Path) -> tuple[int, tuple[int, int]]:
