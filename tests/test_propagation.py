@@ -141,9 +141,9 @@ def test_float_collapse_of_exp_is_a_tie():
     np.testing.assert_array_equal(mask, ref_mask)
 
 
-@pytest.mark.parametrize("budget_bytes", [3_000, 40_000, 400_000])
+@pytest.mark.parametrize("budget_bytes", [20_000, 200_000])
 def test_chunked_windows_match_single_pass(budget_bytes):
-    """A budget smaller than one tile's window splits it by block rows and slots (two passes): same result."""
+    """Budgets below one tile's window split it by slots or block rows (two passes), or split runs of tiles."""
     grid = BlockGrid((13, 18), 4)
     feats = random_features(8, 16, grid.size, 7)
     labels = random_onehot(9, 3, grid.size)

@@ -126,20 +126,29 @@ def _window_mask(grid: BlockGrid, bi: int, bj: int, rows: tuple[int, int], cols:
     return mask.reshape(b * b, ni, nj, b * b)
 
 
-class _Tile:
-    """One tile of target cells (block (bi, bj)): its window of blocks and where it is masked.
+class _Run:
+    """Consecutive tiles (bi, bj0), ..., (bi, bj0 + count - 1) of one block row whose windows
+    have the same shape, so that they are computed together (fewer, larger operations).
 
     Attributes:
-        rows, cols: window block ranges [lo, hi) along each axis.
-        outside: (M, ni, nj, M) bool, True where the target may not see the window cell.
+        bi, bj0, count: block row, first block column, number of tiles.
+        rows: window block rows [lo, hi) (the same for every tile of the run).
+        cols: window block columns [lo, hi) of the first tile; tile t's are shifted by t.
+        outside: (M, ni, nj, M) bool, True where a target may not see a window cell.
     """
 
-    def __init__(self, rows: tuple[int, int], cols: tuple[int, int], outside: Tensor):
+    def __init__(self, bi: int, bj0: int, count: int, rows: tuple[int, int], cols: tuple[int, int], outside: Tensor):
+        self.bi, self.bj0, self.count = bi, bj0, count
         self.rows, self.cols, self.outside = rows, cols, outside
+
+    def split(self, size: int) -> list["_Run"]:
+        """Runs of at most ``size`` tiles covering this one."""
+        return [_Run(self.bi, self.bj0 + t, min(size, self.count - t), self.rows,
+                     (self.cols[0] + t, self.cols[1] + t), self.outside) for t in range(0, self.count, size)]
 
 
 class TilePlan:
-    """The tiles of one grid and radius, with masks shared between tiles of the same shape.
+    """The tiles of one grid and radius, grouped into runs that share a window shape and mask.
 
     Build it once per video (it depends only on the grid, the radius and the device).
     """
@@ -150,55 +159,75 @@ class TilePlan:
         reach = radius if radius > 0 else None
         nbr, nbc = grid.shape
         masks: dict[tuple, Tensor] = {}
-        self.tiles: list[tuple[int, int, _Tile]] = []
+        self.runs: list[_Run] = []
         for bi in range(nbr):
             rows = _block_range(bi, nbr, grid.block, reach)
+            previous = None
             for bj in range(nbc):
                 cols = _block_range(bj, nbc, grid.block, reach)
                 # The mask depends only on the window's position relative to the tile and on
                 # whether it holds the (possibly partial) last block row / column.
                 key = (rows[0] - bi, rows[1] - bi, cols[0] - bj, cols[1] - bj, rows[1] == nbr, cols[1] == nbc)
+                if key == previous:
+                    self.runs[-1].count += 1
+                    continue
                 if key not in masks:
                     masks[key] = _window_mask(grid, bi, bj, rows, cols, reach, device).logical_not_()
-                self.tiles.append((bi, bj, _Tile(rows, cols, masks[key])))
+                self.runs.append(_Run(bi, bj, 1, rows, cols, masks[key]))
+                previous = key
 
 
-def _cosines(query: Tensor, store: Tensor, tile: _Tile, band: tuple[int, int], slots: tuple[int, int],
+def _cosines(query: Tensor, store: Tensor, run: _Run, band: tuple[int, int], slots: tuple[int, int],
              full_slots: bool) -> Tensor:
-    """Cosines of a tile's targets with window block rows ``band`` and context ``slots``.
+    """Cosines of a run's targets with window block rows ``band`` and context ``slots``.
 
     The candidates of a target are numbered in (block row, block column, slot, cell) order;
-    they come in G groups of L consecutive candidates, one batched matrix product each.
+    they come in G groups of L consecutive candidates, one batched matrix product per group.
+
+    Args:
+        query: (nbr, nbc, M, C) normalised target blocks.
+        store: (nbr, nbc, S, M, C) contiguous context store.
 
     Returns:
-        (G, M, L) tensor; cells outside each target's neighbourhood, and padding cells, are
-        -inf (so that their affinity exp(-inf / T) is exactly 0, as in the reference).
+        (G, T, M, L) tensor for the run's T tiles; cells outside each target's neighbourhood,
+        and padding cells, are -inf (so that exp(-inf / T) is exactly 0, as in the reference).
     """
-    m, c = query.shape
-    j0, j1 = tile.cols
+    n_tiles = run.count
+    targets = query[run.bi, run.bj0: run.bj0 + n_tiles]  # (T, M, C)
+    m, c = targets.shape[1:]
+    j0, j1 = run.cols
     s0, s1 = slots
     nr, nj, ns = band[1] - band[0], j1 - j0, s1 - s0
     cells = store.shape[3]
-    outside = tile.outside[:, band[0] - tile.rows[0]: band[1] - tile.rows[0]]  # (M, nr, nj, cells)
+    outside = run.outside[:, band[0] - run.rows[0]: band[1] - run.rows[0]]  # (M, nr, nj, cells)
+    row_step, col_step, slot_step = store.stride(0), store.stride(1), store.stride(2)
+
+    def windows(i: int, j: int, length: int) -> Tensor:
+        # (T, length, C): for tile t, the `length` rows of the store that start at block (i, j + t), slot s0.
+        offset = store.storage_offset() + i * row_step + j * col_step + s0 * slot_step
+        return store.as_strided((n_tiles, length, c), (col_step, c, 1), offset)
+
     if full_slots:
         # Blocks j0..j1 of one block row with all their slots form one contiguous matrix.
-        src = store[band[0]:band[1], j0:j1].reshape(nr, nj * ns * cells, c)
-        out = torch.bmm(query.expand(nr, m, c), src.transpose(1, 2))
-        out.view(nr, m, nj, ns, cells).masked_fill_(outside.permute(1, 0, 2, 3).unsqueeze(3), float("-inf"))
+        out = targets.new_empty(nr, n_tiles, m, nj * ns * cells)
+        for r, i in enumerate(range(*band)):
+            torch.bmm(targets, windows(i, j0, nj * ns * cells).transpose(1, 2), out=out[r])
+        out.view(nr, n_tiles, m, nj, ns, cells).masked_fill_(
+            outside.permute(1, 0, 2, 3)[:, None, :, :, None, :], float("-inf"))
         return out
-    out = query.new_empty(nr, nj, m, ns * cells)
+    out = targets.new_empty(nr, nj, n_tiles, m, ns * cells)
     for r, i in enumerate(range(*band)):
-        src = store[i, j0:j1, s0:s1].reshape(nj, ns * cells, c)
-        torch.bmm(query.expand(nj, m, c), src.transpose(1, 2), out=out[r])
-    out.view(nr, nj, m, ns, cells).masked_fill_(outside.permute(1, 2, 0, 3).unsqueeze(3), float("-inf"))
-    return out.view(nr * nj, m, ns * cells)
+        for col in range(nj):
+            torch.bmm(targets, windows(i, j0 + col, ns * cells).transpose(1, 2), out=out[r, col])
+    out.view(nr, nj, n_tiles, m, ns, cells).masked_fill_(
+        outside.permute(1, 2, 0, 3)[:, :, None, :, None, :], float("-inf"))
+    return out.view(nr * nj, n_tiles, m, ns * cells)
 
 
-def _rows(cosines: Tensor, rows: Tensor | None = None) -> Tensor:
-    """(G, M, L) grouped cosines -> (R, G*L) full candidate rows (a copy) of targets ``rows``."""
-    if rows is not None:
-        cosines = cosines[:, rows]
-    return cosines.permute(1, 0, 2).reshape(cosines.shape[1], -1)
+def _rows(cosines: Tensor, tile: int, rows: Tensor | None = None) -> Tensor:
+    """(G, T, M, L) grouped cosines -> (R, G*L) full candidate rows (a copy) of one tile's ``rows``."""
+    part = cosines[:, tile] if rows is None else cosines[:, tile, rows]
+    return part.permute(1, 0, 2).reshape(part.shape[1], -1)
 
 
 def _affinities_(cosines: Tensor, temperature: float) -> Tensor:
@@ -206,10 +235,10 @@ def _affinities_(cosines: Tensor, temperature: float) -> Tensor:
     return cosines.div_(temperature).exp_()
 
 
-def _chunks(tile: _Tile, n_valid: int, cells: int, max_candidates: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+def _chunks(run: _Run, n_valid: int, cells: int, max_candidates: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """Split a tile's window into (row band range, slot range) chunks of <= max_candidates per target."""
-    i0, i1 = tile.rows
-    nj = tile.cols[1] - tile.cols[0]
+    i0, i1 = run.rows
+    nj = run.cols[1] - run.cols[0]
     per_row_slot = nj * cells
     if (i1 - i0) * n_valid * per_row_slot <= max_candidates:
         return [((i0, i1), (0, n_valid))]
@@ -220,23 +249,23 @@ def _chunks(tile: _Tile, n_valid: int, cells: int, max_candidates: int) -> list[
     return [((i, i + 1), (s, min(n_valid, s + slots_per))) for i in range(i0, i1) for s in range(0, n_valid, slots_per)]
 
 
-def _window_labels(labels: Tensor, tile: _Tile, band: tuple[int, int], slots: tuple[int, int]) -> Tensor:
-    """(candidates, K) labels of the window cells, in the order of :func:`_cosines`."""
-    j0, j1 = tile.cols
-    return labels[band[0]:band[1], j0:j1, slots[0]:slots[1]].reshape(-1, labels.shape[-1])
+def _window_labels(labels: Tensor, run: _Run, tile: int, band: tuple[int, int], slots: tuple[int, int]) -> Tensor:
+    """(candidates, K) labels of one tile's window cells, in the order of :func:`_cosines`."""
+    j0, j1 = run.cols
+    return labels[band[0]:band[1], j0 + tile: j1 + tile, slots[0]:slots[1]].reshape(-1, labels.shape[-1])
 
 
-def _label_rows(labels: Tensor, tile: _Tile, slots: tuple[int, int], index: Tensor) -> Tensor:
-    """Labels (..., K) of window candidates given by flat ``index`` into :func:`_cosines`' order."""
+def _label_rows(labels: Tensor, run: _Run, slots: tuple[int, int], index: Tensor) -> Tensor:
+    """Labels (T, M, n, K) of window candidates given by flat ``index`` (T, M, n) in :func:`_cosines`' order."""
     _, nbc, n_slots, cells, k = labels.shape
-    j0, j1 = tile.cols
+    j0, j1 = run.cols
     ns = slots[1] - slots[0]
     cell = index % cells
     rest = index // cells
     slot = rest % ns + slots[0]
     rest = rest // ns
-    col = rest % (j1 - j0) + j0
-    row = rest // (j1 - j0) + tile.rows[0]
+    col = rest % (j1 - j0) + j0 + torch.arange(run.count, device=index.device).view(-1, 1, 1)
+    row = rest // (j1 - j0) + run.rows[0]
     return labels.view(-1, k)[((row * nbc + col) * n_slots + slot) * cells + cell]
 
 
@@ -257,61 +286,63 @@ def _threshold_rows(cosines: Tensor, window_labels: Tensor, topk: int, temperatu
 
 
 def _top_candidates(cosines: Tensor, count: int) -> tuple[Tensor, Tensor]:
-    """The ``count`` largest cosines of each target over all groups, sorted, with flat candidate ids.
+    """The ``count`` largest of (G, T, M, L) cosines per target, sorted, with flat candidate ids.
 
     Two stages: the top ``count`` of each group, then of their union (exact for values).
+    Returns (T, M, count) values and ids.
     """
-    g, m, length = cosines.shape
-    values, index = cosines.topk(min(count, length), dim=2)
+    g, n_tiles, m, length = cosines.shape
+    values, index = cosines.topk(min(count, length), dim=3)
     if g == 1:
         return values[0], index[0]
-    index = index + torch.arange(g, device=index.device).view(g, 1, 1) * length
-    values = values.permute(1, 0, 2).reshape(m, -1)
-    index = index.permute(1, 0, 2).reshape(m, -1)
-    values, pick = values.topk(count, dim=1)
-    return values, index.gather(1, pick)
+    index = index + torch.arange(g, device=index.device).view(g, 1, 1, 1) * length
+    values = values.permute(1, 2, 0, 3).reshape(n_tiles, m, -1)
+    index = index.permute(1, 2, 0, 3).reshape(n_tiles, m, -1)
+    values, pick = values.topk(count, dim=2)
+    return values, index.gather(2, pick)
 
 
-def _propagate_tile(query: Tensor, store: Tensor, labels: Tensor, tile: _Tile, n_valid: int, topk: int,
-                    temperature: float, max_candidates: int) -> Tensor:
-    """Soft labels (M, K) of one tile of target cells."""
-    cells = store.shape[3]
+def _propagate_run(query: Tensor, store: Tensor, labels: Tensor, run: _Run, n_valid: int, topk: int,
+                   temperature: float) -> Tensor:
+    """Soft labels (T, M, K) of a run of tiles whose windows fit the budget in one pass."""
     full = n_valid == store.shape[2]
-    chunks = _chunks(tile, n_valid, cells, max_candidates)
-    if len(chunks) > 1:
-        return _propagate_tile_chunked(query, store, labels, tile, chunks, full, topk, temperature)
-    band, slots = chunks[0]
-    cos = _cosines(query, store, tile, band, slots, full)
-    if cos.shape[0] * cos.shape[2] <= topk:
-        return _threshold_rows(_rows(cos), _window_labels(labels, tile, band, slots), topk, temperature)
+    band, slots = run.rows, (0, n_valid)
+    cos = _cosines(query, store, run, band, slots, full)
+    groups, n_tiles, _, length = cos.shape
+    if groups * length <= topk:
+        return torch.stack([_threshold_rows(_rows(cos, t), _window_labels(labels, run, t, band, slots), topk, temperature)
+                            for t in range(n_tiles)])
     # exp(x / T) is monotone, so the k largest cosines are the k largest affinities, unless the
     # (k+1)-th affinity equals the k-th (a tie, a float collapse, or a masked 0): the reference then
     # keeps every tied cell, so such rows take the full path.
     values, index = _top_candidates(cos, topk + 1)
     aff = _affinities_(values, temperature)
-    exact = aff[:, topk] < aff[:, topk - 1]
-    weights = aff[:, :topk]
-    weights = weights / weights.sum(dim=1, keepdim=True)
-    soft = (weights.unsqueeze(1) @ _label_rows(labels, tile, slots, index[:, :topk])).squeeze(1)
+    exact = aff[..., topk] < aff[..., topk - 1]
+    weights = aff[..., :topk]
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    soft = (weights.unsqueeze(-2) @ _label_rows(labels, run, slots, index[..., :topk])).squeeze(-2)
     if not bool(exact.all()):
-        rows = (~exact).nonzero().squeeze(1)
-        soft[rows] = _threshold_rows(_rows(cos, rows), _window_labels(labels, tile, band, slots), topk, temperature)
+        for t in (~exact).any(dim=1).nonzero().flatten().tolist():
+            rows = (~exact[t]).nonzero().squeeze(1)
+            soft[t, rows] = _threshold_rows(_rows(cos, t, rows), _window_labels(labels, run, t, band, slots),
+                                            topk, temperature)
     return soft
 
 
-def _propagate_tile_chunked(query: Tensor, store: Tensor, labels: Tensor, tile: _Tile, chunks, full: bool,
-                            topk: int, temperature: float) -> Tensor:
-    """:func:`_propagate_tile` for windows larger than the budget, chunk by chunk, in two passes.
+def _propagate_tile_chunked(query: Tensor, store: Tensor, labels: Tensor, run: _Run, n_valid: int, topk: int,
+                            temperature: float, max_candidates: int) -> Tensor:
+    """Soft labels (1, M, K) of a single tile whose window exceeds the budget: chunk by chunk, two passes.
 
     Pass 1 finds each target's k-th largest affinity with a running top-k (the k-th value of a
     union is the k-th value of its parts' top-k values); pass 2 recomputes each chunk and sums
     the kept affinities and their labels. Affinities are normalised at the end (num / den).
     """
-    m = query.shape[0]
-    n_valid = chunks[-1][1][1]
+    full = n_valid == store.shape[2]
+    chunks = _chunks(run, n_valid, store.shape[3], max_candidates)
 
     def affinities(band, slots):
-        return _affinities_(_rows(_cosines(query, store, tile, band, slots, full and slots == (0, n_valid))), temperature)
+        cos = _cosines(query, store, run, band, slots, full and slots == (0, n_valid))
+        return _affinities_(_rows(cos, 0), temperature)
 
     best = None
     for band, slots in chunks:
@@ -320,37 +351,47 @@ def _propagate_tile_chunked(query: Tensor, store: Tensor, labels: Tensor, tile: 
         best = part if best is None else torch.cat([best, part], dim=1)
         best = best.topk(min(topk, best.shape[1]), dim=1, sorted=False).values
     kth = best.min(dim=1, keepdim=True).values
-    num = query.new_zeros(m, labels.shape[-1])
-    den = query.new_zeros(m, 1)
+    num = query.new_zeros(query.shape[2], labels.shape[-1])
+    den = query.new_zeros(query.shape[2], 1)
     for band, slots in chunks:
         aff = affinities(band, slots)
         aff.masked_fill_(aff < kth, 0.0)
-        num += aff @ _window_labels(labels, tile, band, slots)
+        num += aff @ _window_labels(labels, run, 0, band, slots)
         den += aff.sum(dim=1, keepdim=True)
-    return num / den
+    return (num / den)[None]
 
 
 def propagate_blocks(query: Tensor, store: Tensor, labels: Tensor, n_valid: int, plan: TilePlan, *,
                      topk: int, temperature: float, budget_bytes: int) -> Tensor:
-    """Propagate context labels to one target frame, tile by tile.
+    """Propagate context labels to one target frame, a run of tiles at a time.
 
     Args:
         query: (nbr, nbc, M, C) normalised target features in blocks (:func:`to_blocks`).
-        store: (nbr, nbc, S, M, C) normalised context features; slots [0, n_valid) are used.
-        labels: (nbr, nbc, S, M, K) context labels (one-hot or soft) in the same layout.
+        store: (nbr, nbc, S, M, C) contiguous normalised context features; slots [0, n_valid) are used.
+        labels: (nbr, nbc, S, M, K) contiguous context labels (one-hot or soft) in the same layout.
         n_valid: number of filled context slots (slot 0 = first frame).
         plan: the tiles of the grid and neighbourhood radius (:class:`TilePlan`).
         topk: cells kept per target over all context frames (ties at the k-th value kept).
         temperature: affinity = exp(cosine / temperature).
-        budget_bytes: working memory allowed for one tile's affinities.
+        budget_bytes: working memory allowed for the affinities computed at once.
 
     Returns:
         (nbr, nbc, M, K) soft labels of the target cells (padding cells hold garbage).
     """
+    assert store.is_contiguous() and labels.is_contiguous()
     nbr, nbc = plan.grid.shape
     m, k_ch = plan.grid.cells, labels.shape[-1]
-    max_candidates = max(1, budget_bytes // (m * _BYTES_PER_PAIR + 4 * k_ch))
+    cells = store.shape[3]
+    max_candidates = max(1, budget_bytes // (m * _BYTES_PER_PAIR + 4 * k_ch))  # per target cell
     out = query.new_empty(nbr, nbc, m, k_ch)
-    for bi, bj, tile in plan.tiles:
-        out[bi, bj] = _propagate_tile(query[bi, bj], store, labels, tile, n_valid, topk, temperature, max_candidates)
+    for run in plan.runs:
+        per_tile = (run.rows[1] - run.rows[0]) * (run.cols[1] - run.cols[0]) * n_valid * cells
+        if per_tile > max_candidates:
+            for part in run.split(1):
+                out[part.bi, part.bj0: part.bj0 + 1] = _propagate_tile_chunked(
+                    query, store, labels, part, n_valid, topk, temperature, max_candidates)
+            continue
+        for part in run.split(max_candidates // per_tile):
+            out[part.bi, part.bj0: part.bj0 + part.count] = _propagate_run(
+                query, store, labels, part, n_valid, topk, temperature)
     return out
