@@ -378,20 +378,24 @@ def _run(jobs: list[_SequenceJob], ignore_void: bool, processes: int | None) -> 
     processes = processes or _default_processes()
     tasks = _chunks(jobs, processes)
     processes = min(processes, len(tasks))
-    bar = dict(total=len(tasks), desc="scoring", unit="chunk")
     if processes == 1:
         _init_worker(jobs, ignore_void, single_process=True)
         try:
-            return [_score_chunk(t) for t in progress(tasks, **bar)]
+            return _until_error(map(_score_chunk, tasks), len(tasks))
         finally:
             _WORKER.clear()
-    results = []
     with _pool_context().Pool(processes, initializer=_init_worker, initargs=(jobs, ignore_void, False)) as pool:
-        for status, payload in progress(pool.imap_unordered(_score_chunk, tasks), **bar):
-            results.append((status, payload))
-            if status == "error":
-                break  # leaving the block terminates the pool
-    return results
+        return _until_error(pool.imap_unordered(_score_chunk, tasks), len(tasks))  # leaving terminates the pool
+
+
+def _until_error(results, total: int) -> list:
+    """Chunk results, with a progress bar, up to and including the first error."""
+    out = []
+    for status, payload in progress(results, total=total, desc="scoring", unit="chunk"):
+        out.append((status, payload))
+        if status == "error":
+            break
+    return out
 
 
 def _collect(jobs: list[_SequenceJob], results: list) -> list[ObjectScores]:
