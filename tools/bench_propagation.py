@@ -86,6 +86,8 @@ def worker(args) -> None:
     from vidprop.propagation.dense import DensePropagator
 
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     features, labels = _inputs(args)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -150,7 +152,8 @@ def _forward(args) -> list[str]:
             "--frames", str(args.frames), "--measure", str(args.measure), "--topk", str(args.topk),
             "--n-last-frames", str(args.n_last_frames), "--radius", str(args.radius),
             "--temperature", str(args.temperature), "--stride", str(args.stride), "--budget-mib", str(args.budget_mib),
-            "--block-size", str(args.block_size), "--device", args.device, "--seed", str(args.seed)]
+            "--block-size", str(args.block_size), "--device", args.device, "--seed", str(args.seed),
+            "--threads", str(args.threads)]
 
 
 def _grid(text: str) -> tuple[int, int]:
@@ -175,6 +178,9 @@ def main(argv=None) -> int:
     p.add_argument("--block-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads in each variant (default: torch's default). On a machine busy with other "
+                        "work, 1 avoids OpenMP threads spin-waiting for descheduled peers")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -204,6 +210,7 @@ def main(argv=None) -> int:
                   f"peak +{r['peak_increase_mib']:.0f} MiB (process peak {r['peak_rss_mib']:.0f} MiB, {r['peak_method']})",
                   flush=True)
         summary = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+                   "load_average": os.getloadavg(),
                    "grid": args.grid, "channels": args.channels, "frames": args.frames, "results": results}
         if "fast" in outputs and "dense" in outputs:
             a, b = outputs["fast"], outputs["dense"]
