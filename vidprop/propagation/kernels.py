@@ -9,8 +9,15 @@ covered by a few large matrix products, without gathering copies.
 For the tile of target cells in block (bi, bj), the window is the rectangle of blocks that
 holds every context cell within ``radius`` of some target cell of the tile. Cells of the
 window outside a target's own neighbourhood, and padding cells past the grid edge, get
-affinity 0, exactly as the reference's neighbourhood mask makes them; top-k, the threshold
-(ties at the k-th value kept) and the normalisation then follow the reference term by term.
+affinity 0, exactly as the reference's neighbourhood mask makes them. Tiles of one block row
+whose windows have the same shape form a run and are computed together.
+
+Exactness: the reference keeps, per target, every cell whose affinity exp(cos / T) is >= the
+k-th largest (ties kept) and normalises their sum to 1. Since exp(x / T) is monotone, the
+top k+1 cosines give the kept set directly whenever the (k+1)-th affinity is strictly below
+the k-th; otherwise (a tie, or distinct cosines whose float32 exp collide, or fewer than k
+cells in the neighbourhood) the row takes the reference's full path over the whole window.
+So only k+1 exponentials per target are needed on the common path.
 """
 
 from __future__ import annotations
