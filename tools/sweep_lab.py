@@ -10,6 +10,9 @@ Examples::
         --grid stride=8,16 --grid texture=true,false --grid bias=0.5,1,2 --grid positional_weight=0,1
     python tools/sweep_lab.py --davis ../shared/davis-sample --out /tmp/sweep_lab --sequences car-shadow,dog \\
         --set propagation.topk=10
+
+On a CPU shared with other jobs, run with ``OMP_NUM_THREADS=1`` (oversubscribed OpenMP threads made
+propagation ~20x slower here) and ``--set scoring.processes=1``.
 """
 
 from __future__ import annotations
@@ -50,7 +53,13 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], help="other config override, e.g. propagation.topk=10 (repeatable)")
     parser.add_argument("--sequences", default=None, help="comma-separated subset of the split")
     parser.add_argument("--split", default="val")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 avoids OpenMP oversubscription on a busy machine; also set OMP_NUM_THREADS=1)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     set_verbosity(logging.WARNING)
     set_progress_enabled(False)
     grid = parse_grid(args.grid) or {"stride": [8]}
