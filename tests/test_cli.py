@@ -32,6 +32,10 @@ def test_python_m_vidprop_help_lists_the_commands():
     assert proc.returncode == 0, proc.stderr
     for command in ("propagate", "davis", "evaluate", "extract"):
         assert command in proc.stdout
+    # building the parser stays cheap (no torch) so that every command starts fast
+    code = "import sys; from vidprop.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr
 
 
 @pytest.mark.parametrize("command", ["propagate", "davis", "extract"])

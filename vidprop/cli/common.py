@@ -91,15 +91,44 @@ def _dest(shorthand: Shorthand) -> str:
 
 
 def _add_shorthands(group: argparse._ArgumentGroup, which: str, flags: tuple[str, ...] | None = None) -> None:
-    fields = _config_fields()
     for sh in SHORTHANDS:
         if sh.group != which or (flags is not None and sh.flag not in flags):
             continue
-        help_ = f"{fields[sh.key][2]} (= --set {sh.key}=...)"
+        help_ = f"= --set {sh.key}=..."  # completed from the field's help line by _complete_help
         if sh.type is None:
-            group.add_argument(sh.flag, dest=_dest(sh), action="store_const", const=True, default=None, help=_escape(help_))
+            action = group.add_argument(sh.flag, dest=_dest(sh), action="store_const", const=True, default=None, help=help_)
         else:
-            group.add_argument(sh.flag, dest=_dest(sh), type=sh.type, default=None, metavar=sh.metavar, help=_escape(help_))
+            action = group.add_argument(sh.flag, dest=_dest(sh), type=sh.type, default=None, metavar=sh.metavar, help=help_)
+        action.config_key = sh.key  # type: ignore[attr-defined]
+
+
+def _complete_help(parser: argparse.ArgumentParser) -> None:
+    """Fill in help lines from the config fields, when help is shown.
+
+    Done lazily because the config classes import torch (seconds); building the parser must
+    stay cheap for every command, e.g. ``vidprop evaluate``.
+    """
+    fields = _config_fields()
+    for action in parser._actions:
+        key = getattr(action, "config_key", None)
+        if key is not None and not getattr(action, "help_completed", False):
+            action.help = _escape(f"{fields[key][2]} (= --set {key}=...)")
+            action.help_completed = True  # type: ignore[attr-defined]
+    if parser.epilog is None:
+        parser.epilog = config_keys_help()
+
+
+def _install_help_hook(parser: argparse.ArgumentParser) -> None:
+    if getattr(parser, "_vidprop_help_hook", False):
+        return
+    format_help = parser.format_help
+
+    def complete_then_format() -> str:
+        _complete_help(parser)
+        return format_help()
+
+    parser.format_help = complete_then_format  # type: ignore[method-assign]
+    parser._vidprop_help_hook = True  # type: ignore[attr-defined]
 
 
 def add_config_options(parser: argparse.ArgumentParser, set_help: str = "") -> None:
@@ -120,13 +149,15 @@ def add_config_options(parser: argparse.ArgumentParser, set_help: str = "") -> N
         help="override one config key, e.g. --set propagation.topk=10 (repeatable; value parsed as YAML)" + set_help,
     )
     _add_shorthands(group, "config")
-    parser.epilog = config_keys_help()
+    parser.epilog = None  # the config keys, filled in when help is shown
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    _install_help_hook(parser)
 
 
 def add_run_options(parser: argparse.ArgumentParser, flags: tuple[str, ...] | None = None) -> None:
     """Resume/failure/overlay switches of commands that write per-video outputs (``flags``: a subset)."""
     _add_shorthands(parser.add_argument_group("run control"), "run", flags)
+    _install_help_hook(parser)
 
 
 def config_from_args(args: argparse.Namespace):
