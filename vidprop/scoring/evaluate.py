@@ -21,7 +21,6 @@ import logging
 import math
 import multiprocessing
 import os
-import re
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ import numpy as np
 
 from vidprop.config_base import check
 from vidprop.errors import DavisLayoutError, InputError, MaskError, ShapeError, SourceError
+from vidprop.io.frames import natural_key
+from vidprop.io.masks import VOID_ID
 from vidprop.log import progress
 from vidprop.scoring.config import ON_MISSING_CHOICES
 from vidprop.scoring.measures import boundary_radius, frame_measures, sequence_statistics
@@ -41,7 +42,6 @@ __all__ = ["ObjectScores", "DavisScores", "evaluate_davis", "evaluate_folders", 
 
 logger = logging.getLogger(__name__)
 
-VOID_ID = 255  # = vidprop.io.masks.VOID_ID; not imported from there because vidprop.io imports torch
 
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 """Column names of the official ``global_results-<set>.csv``."""
@@ -145,15 +145,10 @@ class _SequenceJob:
     num_objects: int | None  # DAVIS parity: ids 1..N; None: ids found in the frames
 
 
-def _natural_key(name: str) -> list:
-    # = vidprop.io.frames.natural_key (not imported: vidprop.io imports torch)
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
 def _png_files(folder: Path) -> list[Path]:
     """The PNGs of ``folder`` in natural order ("2.png" before "10.png"); for zero-padded DAVIS
     names that is the official tool's (lexicographic) order."""
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()), key=lambda p: _natural_key(p.name))
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()), key=lambda p: natural_key(p.name))
 
 
 def _first_objects(path: Path) -> tuple[int, tuple[int, int]]:
