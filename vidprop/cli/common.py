@@ -42,12 +42,14 @@ class Shorthand:
     type: Callable[[str], Any] | None = str  # None: a switch that sets True
     metavar: str | None = None
     group: str = "config"  # "config" (every command) or "run" (commands that write per-video outputs)
+    also: tuple[str, ...] = ()  # further keys set to the same value
 
 
 SHORTHANDS: tuple[Shorthand, ...] = (
     Shorthand("--device", "runtime.device", metavar="DEVICE"),
     Shorthand("--dtype", "runtime.dtype", metavar="DTYPE"),
-    Shorthand("--seed", "runtime.seed", int, metavar="N"),
+    # One seed for the whole run: torch's global generator and DIFT's noise draws.
+    Shorthand("--seed", "runtime.seed", int, metavar="N", also=("features.dift.seed",)),
     Shorthand("--backend", "features.backend", metavar="NAME"),
     Shorthand("--model", "features.dift.model_id", metavar="ID_OR_DIR"),
     Shorthand("--cache-dir", "features.cache.dir", metavar="DIR"),
@@ -94,12 +96,17 @@ def _add_shorthands(group: argparse._ArgumentGroup, which: str, flags: tuple[str
     for sh in SHORTHANDS:
         if sh.group != which or (flags is not None and sh.flag not in flags):
             continue
-        help_ = f"= --set {sh.key}=..."  # completed from the field's help line by _complete_help
+        help_ = _set_equivalent(sh)  # completed from the field's help line by _complete_help
         if sh.type is None:
             action = group.add_argument(sh.flag, dest=_dest(sh), action="store_const", const=True, default=None, help=help_)
         else:
             action = group.add_argument(sh.flag, dest=_dest(sh), type=sh.type, default=None, metavar=sh.metavar, help=help_)
         action.config_key = sh.key  # type: ignore[attr-defined]
+        action.set_equivalent = help_  # type: ignore[attr-defined]
+
+
+def _set_equivalent(sh: Shorthand) -> str:
+    return "= " + " and ".join(f"--set {key}=..." for key in (sh.key, *sh.also))
 
 
 def _complete_help(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +119,7 @@ def _complete_help(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
         key = getattr(action, "config_key", None)
         if key is not None and not getattr(action, "help_completed", False):
-            action.help = _escape(f"{fields[key][2]} (= --set {key}=...)")
+            action.help = _escape(f"{fields[key][2]} ({action.set_equivalent})")
             action.help_completed = True  # type: ignore[attr-defined]
     if parser.epilog is None:
         parser.epilog = config_keys_help()
@@ -168,7 +175,7 @@ def config_from_args(args: argparse.Namespace):
     for sh in SHORTHANDS:
         value = getattr(args, _dest(sh), None)
         if value is not None:
-            overrides.append((sh.key, value))
+            overrides.extend((key, value) for key in (sh.key, *sh.also))
     return load_config(getattr(args, "config", None), overrides)
 
 
