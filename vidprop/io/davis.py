@@ -13,12 +13,25 @@ import logging
 from pathlib import Path
 
 from vidprop.errors import DavisLayoutError
-from vidprop.io.frames import natural_key
 from vidprop.io.image_folder import ImageFolderSource
+from vidprop.io.masks import list_mask_files
 
-__all__ = ["DavisDataset"]
+__all__ = ["DavisDataset", "read_split"]
 
 logger = logging.getLogger(__name__)
+
+
+def read_split(split_file: Path) -> list[str]:
+    """Sequence names of an existing split list, in file order (blank lines and duplicates dropped).
+
+    Raises:
+        DavisLayoutError: the list names no sequence.
+    """
+    names = [line.strip() for line in split_file.read_text(encoding="utf-8").splitlines()]
+    sequences = list(dict.fromkeys(n for n in names if n))
+    if not sequences:
+        raise DavisLayoutError("split file lists no sequences", split_file)
+    return sequences
 
 
 class DavisDataset:
@@ -67,10 +80,7 @@ class DavisDataset:
             raise DavisLayoutError(
                 f"no split file for split {split!r} (available: {', '.join(available) or 'none'})", self.split_file
             )
-        names = [line.strip() for line in self.split_file.read_text(encoding="utf-8").splitlines()]
-        self.sequences: list[str] = list(dict.fromkeys(n for n in names if n))
-        if not self.sequences:
-            raise DavisLayoutError("split file lists no sequences", self.split_file)
+        self.sequences: list[str] = read_split(self.split_file)
         missing = [s for s in self.sequences if not (self.images_dir / s).is_dir()]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -103,7 +113,7 @@ class DavisDataset:
         folder = self.annotations_dir / seq
         if not folder.is_dir():
             raise DavisLayoutError(f"sequence {seq!r} has no annotation folder", folder)
-        paths = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png"), key=lambda p: natural_key(p.name))
+        paths = list_mask_files(folder)
         if not paths:
             raise DavisLayoutError(f"sequence {seq!r} has no annotation PNGs", folder)
         return paths

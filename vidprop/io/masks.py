@@ -19,6 +19,7 @@ from PIL import Image
 
 from vidprop.errors import MaskError, ShapeError
 from vidprop.io.atomic import atomic_save
+from vidprop.io.frames import natural_key
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +30,7 @@ __all__ = [
     "LabelMask",
     "davis_palette",
     "read_label_image",
+    "list_mask_files",
     "read_mask",
     "write_mask",
     "labels_to_onehot",
@@ -76,6 +78,13 @@ def _read_label_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         entries = np.asarray(raw_palette, dtype=np.uint8).reshape(-1, 3)[:256]
         palette[: len(entries)] = entries
     return arr, palette
+
+
+def list_mask_files(folder: str | Path) -> list[Path]:
+    """The PNG files directly in ``folder``, in natural order ("2.png" before "10.png"; for
+    zero-padded DAVIS names that is plain lexicographic order). Empty when there are none."""
+    files = (p for p in Path(folder).iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    return sorted(files, key=lambda p: natural_key(p.name))
 
 
 def read_label_image(path: str | Path) -> np.ndarray:

@@ -15,7 +15,7 @@ from vidprop.config import VidpropConfig, dump_config, result_fingerprint
 from vidprop.errors import ConfigError, MaskError, SourceError, VidpropError
 from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info
 from vidprop.io.frames import FrameSource, is_image_file, is_video_file, natural_key, open_source
-from vidprop.io.masks import read_mask, write_mask
+from vidprop.io.masks import list_mask_files, read_mask, write_mask
 from vidprop.log import progress
 from vidprop.pipeline.runtime import resolve_runtime
 from vidprop.pipeline.video import VideoPipeline
@@ -112,7 +112,7 @@ def _first_mask_in(masks_dir: Path, name: str) -> Path:
         return flat
     folder = masks_dir / name
     if folder.is_dir():
-        pngs = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png"), key=lambda p: natural_key(p.name))
+        pngs = list_mask_files(folder)
         if pngs:
             return pngs[0]
     raise MaskError(f"no first-frame mask for video {name!r} (expected {flat} or {folder}/<first frame>.png)", masks_dir)

@@ -31,8 +31,8 @@ import numpy as np
 
 from vidprop.config_base import check
 from vidprop.errors import DavisLayoutError, InputError, MaskError, ShapeError, SourceError
-from vidprop.io.frames import natural_key
-from vidprop.io.masks import VOID_ID
+from vidprop.io.davis import read_split
+from vidprop.io.masks import VOID_ID, list_mask_files
 from vidprop.log import progress
 from vidprop.scoring.config import ON_MISSING_CHOICES
 from vidprop.scoring.measures import boundary_radius, frame_measures, sequence_statistics
@@ -145,12 +145,6 @@ class _SequenceJob:
     num_objects: int | None  # DAVIS parity: ids 1..N; None: ids found in the frames
 
 
-def _png_files(folder: Path) -> list[Path]:
-    """The PNGs of ``folder`` in natural order ("2.png" before "10.png"); for zero-padded DAVIS
-    names that is the official tool's (lexicographic) order."""
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()), key=lambda p: natural_key(p.name))
-
-
 def _first_objects(path: Path) -> tuple[int, tuple[int, int]]:
     """Largest object id (void counted as background) and (H, W) of a ground-truth frame."""
     ids = read_ids(path)
@@ -227,9 +221,7 @@ def _davis_sequences(davis_root: Path, split: str, only: Sequence[str] | None = 
         raise DavisLayoutError("DAVIS root does not exist or is not a folder", davis_root)
     if not split_file.is_file():
         raise DavisLayoutError(f"no sequence list for split {split!r} (expected ImageSets/2017/{split}.txt)", split_file)
-    names = list(dict.fromkeys(line.strip() for line in split_file.read_text(encoding="utf-8").splitlines() if line.strip()))
-    if not names:
-        raise DavisLayoutError("split file lists no sequences", split_file)
+    names = read_split(split_file)
     if only is not None:
         unknown = [n for n in only if n not in names]
         if unknown:
@@ -238,7 +230,7 @@ def _davis_sequences(davis_root: Path, split: str, only: Sequence[str] | None = 
     out = []
     for name in names:
         folder = annotations / name
-        files = _png_files(folder) if folder.is_dir() else []
+        files = list_mask_files(folder) if folder.is_dir() else []
         if not files:
             raise DavisLayoutError(f"sequence {name!r} of split {split!r} has no ground-truth PNGs", folder)
         out.append((name, files))
@@ -248,10 +240,10 @@ def _davis_sequences(davis_root: Path, split: str, only: Sequence[str] | None = 
 def _folder_sequences(gt_root: Path) -> list[tuple[str, list[Path]]]:
     if not gt_root.is_dir():
         raise SourceError("ground-truth folder does not exist", gt_root)
-    direct = _png_files(gt_root)
+    direct = list_mask_files(gt_root)
     if direct:  # a single sequence given directly
         return [("", direct)]
-    out = [(d.name, files) for d in sorted(p for p in gt_root.iterdir() if p.is_dir()) if (files := _png_files(d))]
+    out = [(d.name, files) for d in sorted(p for p in gt_root.iterdir() if p.is_dir()) if (files := list_mask_files(d))]
     if not out:
         raise SourceError("no ground-truth sequences (expected sub-folders of PNGs, or PNGs)", gt_root)
     return out
