@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,8 @@ from vidprop.io.atomic import (
     mark_complete,
     read_complete_info,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _leftovers(folder):
@@ -130,3 +135,57 @@ def test_completion_marker_round_trip(tmp_path):
 def test_corrupt_marker_reads_as_incomplete_info(tmp_path):
     (tmp_path / COMPLETE_MARKER).write_text("{not json")
     assert read_complete_info(tmp_path) is None
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test: ``umask(0o022)``; the old one is restored."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield os.umask
+    os.umask(old)
+
+
+def _modes(folder):
+    return {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002], ids=oct)
+def test_written_files_follow_the_umask(tmp_path, umask, mask):
+    # mkstemp-made temporaries used to leave every output at 0o600 whatever the umask.
+    umask(mask)
+    with atomic_write(tmp_path / "a.txt", "w") as fh:
+        fh.write("x")
+    atomic_save(tmp_path / "b.npy", lambda tmp: np.save(tmp, np.zeros(3)))
+    with atomic_write(tmp_path / "c.bin", "xb") as fh:
+        fh.write(b"x")
+    mark_complete(tmp_path / "sub")
+    expected_file, expected_dir = 0o666 & ~mask, 0o777 & ~mask
+    modes = _modes(tmp_path)
+    assert modes == {
+        "a.txt": expected_file, "b.npy": expected_file, "c.bin": expected_file,
+        "sub": expected_dir, f"sub/{COMPLETE_MARKER}": expected_file,
+    }  # fmt: skip
+
+
+def test_every_output_of_a_run_follows_the_umask(short_sequence, tmp_path, umask):
+    # Masks, overlay frames, config.yaml, the completion marker and the feature cache.
+    from vidprop.cli import main
+
+    root = short_sequence("car-shadow", 3)
+    umask(0o027)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    argv = [
+        "propagate", str(root / "JPEGImages" / "480p" / "car-shadow"),
+        "--mask", str(root / "Annotations" / "480p" / "car-shadow" / "00000.png"), "--out", str(out),
+        "--config", str(REPO / "configs" / "davis2017_lab.yaml"), "--short-side", "64", "--cache-dir", str(cache),
+        "--overlay", "--set", "runtime.overlay_format=png",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    modes = {**_modes(out), **{f"cache/{k}": v for k, v in _modes(cache).items()}}
+    names = set(modes)
+    assert {"00000.png", "00002.png", "config.yaml", COMPLETE_MARKER, "overlay/00001.png"} <= names
+    assert any(name.startswith("cache/") and not (cache / name[6:]).is_dir() for name in names)
+    for name, mode in modes.items():
+        is_dir = (out / name).is_dir() if not name.startswith("cache/") else (cache / name[6:]).is_dir()
+        assert mode == (0o750 if is_dir else 0o640), (name, oct(mode))

@@ -4,7 +4,8 @@ Every file vidprop writes goes through :func:`atomic_write` or :func:`atomic_sav
 goes to a temporary file in the destination folder, is flushed and fsynced, then renamed over
 the destination with :func:`os.replace` (atomic on POSIX and Windows within one filesystem).
 On error the temporary file is removed and the destination is left as it was, so a reader
-never sees a half-written file.
+never sees a half-written file. Files get the mode ``open()`` would give them (0o666 minus the
+umask), so shared result folders and caches are as readable as the user's umask says.
 
 A folder of outputs (one video's masks, one video's features) is "complete" only once its
 marker file :data:`COMPLETE_MARKER` exists; :func:`mark_complete` writes it last.
@@ -16,7 +17,7 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -36,10 +37,21 @@ COMPLETE_MARKER = ".vidprop-complete"
 
 
 def _temp_path(path: Path) -> Path:
-    """A fresh, unused temporary path in ``path``'s folder that keeps ``path``'s suffix."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    return Path(name)
+    """A fresh, unused temporary path in ``path``'s folder that keeps ``path``'s suffix.
+
+    The file is created here with mode 0o666 minus the umask, as ``open()`` creates files, so
+    the renamed result is readable by whoever the umask lets read it (``tempfile.mkstemp``
+    would make every output 0o600). The random part makes the name unique per process and call.
+    """
+    for _ in range(100):
+        name = path.parent / f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}"
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return name
+    raise FileExistsError(f"{path.parent}: no unused temporary file name found for {path.name}")
 
 
 def _fsync_dir(folder: Path) -> None:
