@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,6 +20,8 @@ from vidprop.io.frames import Frame, FrameSource, is_video_file, natural_key, op
 from vidprop.io.image_folder import ImageFolderSource
 from vidprop.io.prefetch import prefetch
 from vidprop.io.resize import ResizePolicy
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -349,3 +352,111 @@ def test_prefetch_truncated_jpeg_names_the_file(seq_dir, tmp_path):
     with pytest.raises(SourceError) as info:
         list(prefetch(ImageFolderSource(folder), ResizePolicy(), depth=2))
     assert info.value.path == str(bad)
+
+
+# --- 16-bit PNGs and EXIF orientation ----------------------------------------------------------
+
+# 16-bit samples and their 8-bit values by the 16-bit range, round(v * 255 / 65535), by hand:
+# 257 * 255 / 65535 = 1; 1000 * 255 / 65535 = 3.89 -> 4; 32767 -> 127.498 -> 127; 32768 -> 127.502 -> 128.
+SAMPLES_16 = np.array([0, 257, 1000, 32767, 32768, 65535, 65534, 128], np.uint16)
+EXPECTED_8 = np.array([0, 1, 4, 127, 128, 255, 255, 0], np.uint8)
+
+
+def _write_16bit(kind: str, path):
+    """A 2x8 16-bit PNG whose first row holds SAMPLES_16 (in every channel it has)."""
+    row = np.stack([SAMPLES_16, SAMPLES_16[::-1]])
+    if kind == "I;16":  # Pillow's 16-bit grey mode
+        Image.fromarray(row).save(path)
+        assert Image.open(path).mode == "I;16"
+    elif kind == "grey16":  # 16-bit grey as OpenCV, ImageJ and camera software write it
+        cv2.imwrite(str(path), row)
+    elif kind == "RGB16":  # channels differ so that a channel swap would show
+        cv2.imwrite(str(path), np.stack([row // 4, row // 2, row], axis=-1))  # OpenCV writes BGR
+    elif kind == "RGBA16":
+        cv2.imwrite(str(path), np.stack([row // 4, row // 2, row, np.full_like(row, 9)], axis=-1))
+    with open(path, "rb") as fh:
+        assert fh.read(25)[24] == 16, "not a 16-bit PNG"
+
+
+@pytest.mark.parametrize("kind", ["I;16", "grey16", "RGB16", "RGBA16"])
+def test_16bit_pngs_are_scaled_by_the_16bit_range(kind, tmp_path):
+    # Pillow's conversion clips 16-bit grey to white and keeps only the high byte of 16-bit colour.
+    folder = tmp_path / kind
+    folder.mkdir()
+    _write_16bit(kind, folder / "00000.png")
+    (frame,) = list(ImageFolderSource(folder))
+    assert frame.image.dtype == np.uint8 and frame.image.shape == (2, 8, 3)
+    red = EXPECTED_8
+    if kind in ("RGB16", "RGBA16"):
+        np.testing.assert_array_equal(frame.image[0, :, 0], red)
+        # green = v // 2, blue = v // 4, by hand: round((v // 2) / 257), round((v // 4) / 257)
+        np.testing.assert_array_equal(frame.image[0, :, 1], [0, 0, 2, 64, 64, 127, 127, 0])
+        np.testing.assert_array_equal(frame.image[0, :, 2], [0, 0, 1, 32, 32, 64, 64, 0])
+    else:
+        for channel in range(3):
+            np.testing.assert_array_equal(frame.image[0, :, channel], red)
+    np.testing.assert_array_equal(frame.image[1, :, 0], EXPECTED_8[::-1])
+
+
+def test_16bit_frames_are_the_overlay_background(short_sequence, tmp_path):
+    # The overlay blends masks over the decoded frames: with 16-bit frames its background pixels
+    # (mask 0) are the 8-bit values, not white.
+    from vidprop.cli import main
+
+    root = short_sequence("car-shadow", 3)
+    src = root / "JPEGImages" / "480p" / "car-shadow"
+    folder = tmp_path / "frames16"
+    folder.mkdir()
+    for path in sorted(src.glob("*.jpg")):
+        rgb = np.asarray(Image.open(path).convert("RGB")).astype(np.uint32)
+        deep = np.minimum(rgb * 257 + 100, 65535).astype(np.uint16)  # 8-bit value v -> 257 v + 100 (255 -> 65535)
+        cv2.imwrite(str(folder / f"{path.stem}.png"), deep[:, :, ::-1])
+    mask = root / "Annotations" / "480p" / "car-shadow" / "00000.png"
+    out = tmp_path / "out"
+    argv = ["propagate", str(folder), "--mask", str(mask), "--out", str(out), "--config", str(REPO / "configs" / "davis2017_lab.yaml")]
+    assert main([*argv, "--short-side", "64", "--overlay", "--set", "runtime.overlay_format=png"]) == 0
+    overlay = np.asarray(Image.open(out / "overlay" / "00000.png"))
+    background = np.asarray(Image.open(mask)) == 0
+    expected = np.asarray(Image.open(src / "00000.jpg").convert("RGB"))  # round((257 v + 100) / 257) = v
+    np.testing.assert_array_equal(overlay[background], expected[background])
+
+
+def _jpeg_with_orientation(array, path, orientation):
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif.tobytes(), quality=95)
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_like_image_viewers(seq_dir, tmp_path, orientation):
+    from PIL import ImageOps
+
+    stored = np.asarray(Image.open(seq_dir / "00000.jpg").convert("RGB"))[:96, :160]
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    for i in range(2):
+        _jpeg_with_orientation(stored, folder / f"IMG_{i}.jpg", orientation)
+    source = ImageFolderSource(folder)
+    displayed = np.asarray(ImageOps.exif_transpose(Image.open(folder / "IMG_0.jpg")).convert("RGB"))
+    assert source.size == displayed.shape[:2] == ((160, 96) if orientation >= 5 else (96, 160))
+    frame = source.read(0)
+    np.testing.assert_array_equal(frame.image, displayed)
+    if orientation == 6:  # "rotate 90 clockwise to display", the usual portrait phone photo
+        np.testing.assert_array_equal(frame.image, np.rot90(np.asarray(Image.open(folder / "IMG_0.jpg").convert("RGB")), -1))
+
+
+def test_16bit_truncated_png_names_the_file(tmp_path):
+    folder = tmp_path / "t"
+    folder.mkdir()
+    noise = np.random.default_rng(0).integers(0, 65536, (64, 64, 3), dtype=np.uint16)
+    cv2.imwrite(str(folder / "a.png"), noise)
+    cv2.imwrite(str(folder / "b.png"), noise)
+    data = (folder / "b.png").read_bytes()
+    (folder / "b.png").write_bytes(data[: len(data) // 2])  # the header is intact, the pixels are not
+    source = ImageFolderSource(folder)
+    assert source.read(0).image.shape == (64, 64, 3)
+    with pytest.raises(SourceError, match="cannot decode 16-bit PNG") as info:
+        source.read(1)
+    assert info.value.path == str(folder / "b.png")

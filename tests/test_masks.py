@@ -17,6 +17,7 @@ from vidprop.io.masks import (
     onehot_to_labels,
     read_label_image,
     read_mask,
+    suspicious_objects,
     write_mask,
 )
 
@@ -242,3 +243,124 @@ def test_onehot_rejects_bad_input():
         labels_to_onehot(np.zeros((2, 2, 2), np.int64), 2, (1, 1))
     with pytest.raises(ShapeError, match=r"\(K, h, w\)"):
         onehot_to_labels(torch.zeros(2, 3))
+
+
+# --- lossless masks, suspicious objects, orientation -------------------------------------------
+
+
+def test_jpeg_masks_are_rejected(first_png, tmp_path):
+    # A white-on-black JPEG mask reads as dozens of ids (compression ringing), a 0/1 JPEG mask
+    # gains an id 2: masks must be lossless.
+    binary = (np.asarray(Image.open(first_png)) > 0).astype(np.uint8)
+    white = tmp_path / "white.jpg"
+    Image.fromarray(binary * 200).save(white, quality=90)
+    assert len(np.unique(np.asarray(Image.open(white)))) > 20  # what reading it blindly would give
+    ones = tmp_path / "ones.png"  # a JPEG under a .png name: the content decides
+    Image.fromarray(binary).save(ones, format="JPEG", quality=75)
+    for path in (white, ones):
+        with pytest.raises(MaskError, match="masks must be lossless PNG files, got a JPEG file") as info:
+            read_mask(path)
+        assert info.value.path == str(path) and info.value.exit_code == 2
+    with pytest.raises(MaskError, match="got a JPEG file"):
+        read_label_image(ones)  # the scorer's reader too
+    gif = tmp_path / "mask.gif"
+    Image.fromarray(binary).save(gif)
+    with pytest.raises(MaskError, match="masks must be lossless PNG files .* got a GIF file"):
+        read_mask(gif)
+
+
+def test_jpeg_mask_exits_2_in_the_cli(short_sequence, tmp_path, caplog):
+    from vidprop.cli import main
+
+    root = short_sequence("car-shadow", 2)
+    mask = tmp_path / "mask.jpg"
+    Image.open(root / "Annotations" / "480p" / "car-shadow" / "00000.png").convert("L").save(mask)
+    frames = root / "JPEGImages" / "480p" / "car-shadow"
+    assert main(["propagate", str(frames), "--mask", str(mask), "--out", str(tmp_path / "out"), "--backend", "lab"]) == 2
+    assert f"{mask}: masks must be lossless PNG files" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_binary_0_255_mask_says_255_is_void(tmp_path):
+    ids = np.zeros((12, 20), np.uint8)
+    ids[3:9, 4:12] = VOID_ID
+    path = write_mask(tmp_path / "binary.png", ids)
+    with pytest.raises(MaskError, match="255, which is void .* give the object another id, e.g. 1"):
+        read_mask(path)
+
+
+def _antialiased_mask() -> np.ndarray:
+    """Object 3 drawn with anti-aliasing (4x supersampled, then averaged): its edge pixels get
+    the blended values 1 and 2, one pixel thin; plus a real 10x10 object 5 and a 3x3 speck 7."""
+    from PIL import ImageDraw
+
+    big = Image.new("L", (4 * 160, 4 * 96), 0)
+    ImageDraw.Draw(big).ellipse((40, 40, 400, 300), fill=3)
+    ids = np.asarray(big.resize((160, 96), Image.BOX)).copy()  # BOX averages: edge values 1, 2
+    ids[70:80, 120:130] = 5
+    ids[5:8, 150:153] = 7
+    return ids
+
+
+def test_suspicious_objects_are_antialiasing_residue_and_specks():
+    ids = _antialiased_mask()
+    counts = np.bincount(ids.ravel(), minlength=256)
+    assert set(np.unique(ids)) == {0, 1, 2, 3, 5, 7}
+    # ids 1 and 2 are rings one pixel thin (no pixel with four same-id neighbours); 7 has 9 < 16 pixels
+    assert suspicious_objects(ids) == {1: int(counts[1]), 2: int(counts[2]), 7: 9}
+
+
+def test_suspicious_objects_are_warned_once_per_mask(tmp_path, caplog):
+    import logging
+    import os
+
+    path = write_mask(tmp_path / "drawn.png", _antialiased_mask())
+    counts = np.bincount(_antialiased_mask().ravel(), minlength=256)
+    with caplog.at_level(logging.WARNING, logger="vidprop"):
+        read_mask(path)
+        read_mask(path)  # the batch runner reads a mask twice (check, then run)
+    warnings = [r.getMessage() for r in caplog.records if "only a few pixels" in r.getMessage()]
+    assert len(warnings) == 1
+    assert f"id 1 ({counts[1]} px), id 2 ({counts[2]} px), id 7 (9 px)" in warnings[0]
+    assert str(path) in warnings[0]
+    caplog.clear()
+    ids = _antialiased_mask()
+    ids[0, 0] = 7  # edited in place: a new warning
+    write_mask(path, ids)
+    os.utime(path, ns=(1, 1))
+    with caplog.at_level(logging.WARNING, logger="vidprop"):
+        read_mask(path)
+    assert "id 7 (10 px)" in caplog.text
+
+
+def test_real_davis_masks_raise_no_warning(davis_root, multi_object_mask):
+    for path in sorted((davis_root / "Annotations" / "480p").glob("*/*.png"))[::7]:
+        assert suspicious_objects(np.asarray(Image.open(path))) == {}, path
+    assert suspicious_objects(multi_object_mask) == {}
+
+
+def test_array_masks_through_the_api_are_checked_too(caplog):
+    import logging
+
+    from vidprop.pipeline.inputs import as_label_mask
+
+    ids = _antialiased_mask()
+    with caplog.at_level(logging.WARNING, logger="vidprop"):
+        mask = as_label_mask(ids, ids.shape)
+    assert mask.object_ids.ids == (1, 2, 3, 5, 7)
+    assert "first_mask: 3 object(s) of only a few pixels" in caplog.text
+
+
+def test_masks_follow_their_exif_orientation_like_frames(multi_object_mask, tmp_path):
+    # A PNG with an eXIf orientation is read as displayed, by the mask reader and the scorer's reader.
+    from vidprop.scoring.png import read_ids
+
+    image = Image.fromarray(multi_object_mask)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "rotated.png"
+    image.save(path, exif=exif.tobytes())
+    displayed = np.rot90(multi_object_mask, -1)
+    np.testing.assert_array_equal(read_mask(path).ids, displayed)
+    np.testing.assert_array_equal(read_ids(path), displayed)
+    assert read_mask(path, expected_size=displayed.shape).size == (854, 480)

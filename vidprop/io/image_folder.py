@@ -1,4 +1,10 @@
-"""A folder of image frames (jpg/jpeg/png), in natural order."""
+"""A folder of image frames (jpg/jpeg/png), in natural order.
+
+Frames are returned as they are displayed: an EXIF orientation (phone photos) is applied, as
+image viewers, browsers and ``cv2.imread`` do, and 16-bit PNGs (medical, infrared and scientific
+cameras) are scaled to 8 bits by the 16-bit range, ``round(v * 255 / 65535)``, the same for every
+frame (no per-frame stretching, which would make brightness flicker).
+"""
 
 from __future__ import annotations
 
@@ -12,30 +18,102 @@ from PIL import Image
 from vidprop.errors import SourceError
 from vidprop.io.frames import IMAGE_EXTENSIONS, Frame, is_image_file, natural_key, register_source
 
-__all__ = ["ImageFolderSource", "read_image"]
+__all__ = ["ImageFolderSource", "read_image", "exif_orientation", "apply_orientation"]
 
 logger = logging.getLogger(__name__)
 
 
-def _header_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the image header, without decoding the pixels."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_EXIF_ORIENTATION_TAG = 0x0112
+# EXIF orientation -> how the stored pixels become the displayed ones (PIL's exif_transpose).
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1..8; 1 = as stored) of an opened, not yet decoded image.
+
+    Only EXIF data found while opening is used (a JPEG's APP1 segment, a PNG's eXIf chunk before
+    the pixels), so reading it never decodes pixels and a header check and a decode agree.
+    """
+    data = img.info.get("exif")
+    if not data:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(data)
+        value = int(exif.get(_EXIF_ORIENTATION_TAG, 1))
+    except Exception:  # malformed EXIF: the pixels as stored
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored (H, W, ...) pixels -> displayed pixels for an EXIF ``orientation`` (a contiguous copy
+    unless it is 1). Orientations 5..8 swap height and width."""
+    if orientation == 1:
+        return array
+    return np.ascontiguousarray(_ORIENT[orientation](array))
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """Sample depth from a PNG's IHDR (the first chunk), or None for other files."""
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
+def _header(path: Path) -> tuple[tuple[int, int], int, bool]:
+    """Displayed (H, W), EXIF orientation and whether the file is a 16-bit PNG, without decoding pixels."""
     try:
         with Image.open(path) as img:
-            width, height = img.size
+            (width, height), orientation = img.size, exif_orientation(img)
+        deep = _png_bit_depth(path) == 16
     except Exception as exc:  # PIL raises several types for broken or foreign files
         raise SourceError(f"cannot read image header ({exc})", path) from exc
-    return height, width
+    return ((width, height) if orientation >= 5 else (height, width)), orientation, deep
+
+
+def _scale_16_to_8(array: np.ndarray) -> np.ndarray:
+    """uint16 -> uint8 by the dtype's range: round(v * 255 / 65535) = round(v / 257), exactly."""
+    return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a 16-bit PNG (grey, grey+alpha, RGB or RGBA; alpha dropped).
+
+    Pillow keeps only the high byte of 16-bit colour PNGs and clips 16-bit grey to white when
+    converting, so OpenCV decodes these (libpng: a damaged file gives None, not a partial image).
+    """
+    import cv2
+
+    array = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)  # no EXIF rotation
+    if array is None or array.dtype != np.uint16:
+        raise SourceError("cannot decode 16-bit PNG (damaged or truncated file)", path)
+    if array.ndim == 2:
+        return np.repeat(_scale_16_to_8(array)[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(_scale_16_to_8(array[:, :, 2::-1]))  # BGR(A) -> RGB
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode one image file to RGB.
+    """Decode one image file to RGB, as displayed.
 
     PIL is used (not OpenCV) because it raises on truncated JPEGs/PNGs on every version,
     where some OpenCV versions return a partly grey image with only a warning. On the DAVIS
-    JPEGs both give identical pixels (same libjpeg-turbo, same IDCT).
+    JPEGs both give identical pixels (same libjpeg-turbo, same IDCT). 16-bit PNGs are decoded
+    at full depth and scaled to 8 bits by the 16-bit range; an EXIF orientation is applied.
 
     Returns:
-        (H, W, 3) uint8 RGB array.
+        (H, W, 3) uint8 RGB array in displayed orientation.
 
     Raises:
         SourceError: missing, unreadable or truncated file.
@@ -43,14 +121,19 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as img:
-            img.load()
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            return np.asarray(img)
+            orientation = exif_orientation(img)
+            if img.format == "PNG" and _png_bit_depth(path) == 16:
+                array = _read_png16(path)
+            else:
+                img.load()
+                array = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     except FileNotFoundError as exc:
         raise SourceError("image file does not exist", path) from exc
+    except SourceError:
+        raise
     except Exception as exc:
         raise SourceError(f"cannot decode image ({exc})", path) from exc
+    return apply_orientation(array, orientation)
 
 
 @register_source("folder of images", Path.is_dir)
@@ -68,7 +151,7 @@ class ImageFolderSource:
         name: the folder name (e.g. the DAVIS sequence name).
         files: frame files in order.
         names: file stems in order.
-        size: (H, W) of every frame.
+        size: (H, W) of every frame, as displayed (after the EXIF orientation).
 
     Raises:
         SourceError: missing path, not a folder, no images, two files with the same stem,
@@ -95,9 +178,12 @@ class ImageFolderSource:
                 if p.stem in seen:
                     raise SourceError(f"two frames share the name {p.stem!r} ({seen[p.stem].name}, {p.name})", path)
                 seen[p.stem] = p
-        size = _header_size(files[0])
+        size, orientation, deep = _header(files[0])
+        rotated, sixteen_bit = int(orientation != 1), int(deep)
         for p in files[1:]:
-            other = _header_size(p)
+            other, orientation, deep = _header(p)
+            rotated += orientation != 1
+            sixteen_bit += deep
             if other != size:
                 raise SourceError(
                     f"frames differ in size: {p.name} is {other[0]}x{other[1]} (HxW) but "
@@ -110,6 +196,10 @@ class ImageFolderSource:
         self.names = names
         self.size = size
         logger.debug("%s: %d frames of %dx%d", path, len(files), *size)
+        if rotated:
+            logger.info("%s: %d of %d frames carry an EXIF orientation; they are read as displayed (rotated/flipped)", path, rotated, len(files))
+        if sixteen_bit:
+            logger.info("%s: %d of %d frames are 16-bit PNGs; scaled to 8 bits by the 16-bit range (v * 255 / 65535)", path, sixteen_bit, len(files))
 
     def __len__(self) -> int:
         return len(self.files)

@@ -4,11 +4,16 @@ Object ids in a mask may be non-contiguous (1, 3, 7); 0 is background and 255
 (:data:`VOID_ID`) is the DAVIS "void" label (not scored, never propagated). Propagation works
 on label *channels* 0..K-1 (channel 0 = background); :class:`ObjectIds` maps between channels
 and the original ids so that outputs carry the ids of the input mask.
+
+Mask files must be lossless PNGs: JPEG compression rings along every edge and turns a
+two-valued mask into dozens of ids. Like frames, masks are read in displayed orientation (a PNG
+``eXIf`` orientation is applied; masks drawn in an editor over a rotated photo match its frame).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +25,7 @@ from PIL import Image
 from vidprop.errors import MaskError, ShapeError
 from vidprop.io.atomic import atomic_save
 from vidprop.io.frames import natural_key
+from vidprop.io.image_folder import apply_orientation, exif_orientation
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +41,11 @@ __all__ = [
     "write_mask",
     "labels_to_onehot",
     "onehot_to_labels",
+    "suspicious_objects",
+    "warn_suspicious_objects",
 ]
+
+logger = logging.getLogger(__name__)
 
 VOID_ID = 255
 
@@ -50,12 +60,27 @@ def _as_numpy(array) -> np.ndarray:
     return np.asarray(array)
 
 
+_NOT_PNG = (
+    "masks must be lossless PNG files (indexed or grayscale, pixel value = object id), got a {fmt} file; "
+    "save the mask as PNG"
+)
+_NOT_LOSSLESS = {
+    fmt: "masks must be lossless PNG files, got a {fmt} file: lossy compression adds stray object ids along "
+    "every edge (a white-on-black JPEG mask reads as dozens of objects); save the mask as PNG (indexed or "
+    "grayscale, pixel value = object id), or pass an (H, W) integer array in Python"
+    for fmt in ("JPEG", "MPO", "JPEG2000", "WEBP", "AVIF", "HEIF")
+}
+
+
 def _read_label_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(H, W) uint8 ids and the (256, 3) palette of a 'P' image (None for grayscale)."""
     if not path.is_file():
         raise MaskError("mask file does not exist", path)
     try:
         with Image.open(path) as img:
+            if img.format != "PNG":
+                raise MaskError(_NOT_LOSSLESS.get(img.format, _NOT_PNG).format(fmt=img.format), path)
+            orientation = exif_orientation(img)
             img.load()
             mode = img.mode
             if mode not in _LABEL_MODES:
@@ -70,6 +95,7 @@ def _read_label_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         if arr.max(initial=0) > 255 or arr.min(initial=0) < 0:
             raise MaskError(f"object ids outside 0..255 (min {int(arr.min())}, max {int(arr.max())})", path)
         arr = arr.astype(np.uint8)
+    arr = apply_orientation(arr, orientation)
     palette = None
     if raw_palette is not None:
         # Pillow may return fewer than 256 entries; fill the rest from the DAVIS palette so
@@ -234,9 +260,13 @@ def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) ->
     Returns:
         The mask with its objects (increasing id order) and its palette (None for grayscale).
 
+    Logs a warning (once per mask file and content) when objects look like anti-aliasing
+    residue, see :func:`suspicious_objects`.
+
     Raises:
-        MaskError: missing or unreadable file, an RGB (or other) image mode, a size differing
-            from ``expected_size``, or no object (only background and void).
+        MaskError: missing or unreadable file, not a PNG (JPEG and other lossy formats are
+            refused), an RGB (or other) image mode, a size differing from ``expected_size``, or no
+            object (only background and void).
     """
     path = Path(path)
     ids, palette = _read_label_image(path)
@@ -248,8 +278,83 @@ def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) ->
         )
     object_ids = ObjectIds.from_mask(ids)
     if not object_ids.ids:
-        raise MaskError(f"mask has no object (only background 0 and void {VOID_ID} pixels)", path)
+        raise MaskError(no_object_message(ids), path)
+    stat = path.stat()
+    warn_suspicious_objects(ids, path, key=(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
     return LabelMask(ids=ids, object_ids=object_ids, palette=palette)
+
+
+def no_object_message(ids: np.ndarray) -> str:
+    """Why a first-frame mask has no object, with the fix for binary 0/255 masks."""
+    if (np.asarray(ids) == VOID_ID).any():
+        return (
+            f"mask has no object: its pixels are only background (0) and {VOID_ID}, which is void (not an "
+            f"object, DAVIS convention); for a binary 0/{VOID_ID} mask, give the object another id, e.g. 1"
+        )
+    return "mask has no object (every pixel is background 0)"
+
+
+TINY_OBJECT_FRACTION = 1e-4
+"""Objects smaller than this fraction of the mask (and than 16 pixels at least) are suspicious."""
+
+_warned: set = set()
+
+
+def suspicious_objects(ids: np.ndarray) -> dict[int, int]:
+    """Objects that look like anti-aliasing residue rather than drawn objects.
+
+    An object is suspicious when it has fewer than ``max(16, TINY_OBJECT_FRACTION * H * W)``
+    pixels, or when none of its pixels has all four neighbours of its own id (a line one pixel
+    thin). Anti-aliased edges of a drawn mask give exactly such ids: each blended edge colour
+    becomes a palette entry, hence an object, along the boundary of a real one.
+
+    Args:
+        ids: (H, W) uint8 object ids.
+
+    Returns:
+        {object id: pixel count} of the suspicious objects, in id order (0 and void excluded).
+    """
+    ids = np.asarray(ids, dtype=np.uint8)
+    counts = np.bincount(ids.ravel(), minlength=256)
+    interior = np.ones(ids.shape, dtype=bool)  # pixels whose in-image 4-neighbours share their id
+    interior[1:] &= ids[1:] == ids[:-1]
+    interior[:-1] &= ids[:-1] == ids[1:]
+    interior[:, 1:] &= ids[:, 1:] == ids[:, :-1]
+    interior[:, :-1] &= ids[:, :-1] == ids[:, 1:]
+    inner = np.bincount(ids[interior], minlength=256)
+    few = max(16, int(TINY_OBJECT_FRACTION * ids.size))
+    return {
+        int(k): int(counts[k])
+        for k in np.flatnonzero(counts)
+        if k not in (0, VOID_ID) and (counts[k] < few or inner[k] == 0)
+    }
+
+
+def warn_suspicious_objects(ids: np.ndarray, where: str | Path | None = None, key=None) -> dict[int, int]:
+    """Log one warning listing :func:`suspicious_objects` (ids and pixel counts).
+
+    Args:
+        ids: (H, W) uint8 object ids.
+        where: the mask's path (or a name) for the message.
+        key: a hashable identity of the mask (path, mtime, size); a mask already warned about
+            under the same key is not warned about again. None: always warn.
+
+    Returns:
+        The suspicious objects ({id: pixels}); empty when there are none.
+    """
+    found = suspicious_objects(ids)
+    if not found or (key is not None and key in _warned):
+        return found
+    if key is not None:
+        _warned.add(key)
+    listed = ", ".join(f"id {k} ({n} px)" for k, n in found.items())
+    logger.warning(
+        "%s: %d object(s) of only a few pixels or one pixel thin: %s. Anti-aliased edges of a drawn mask show "
+        "up as such extra ids; they are propagated as objects. If they are not objects, set them to 0 (or to "
+        "their object's id) or redraw the mask without anti-aliasing.",
+        where if where is not None else "mask", len(found), listed,
+    )
+    return found
 
 
 def write_mask(path: str | Path, ids: np.ndarray, palette: np.ndarray | None = None) -> Path:

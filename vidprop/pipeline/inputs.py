@@ -10,7 +10,7 @@ import numpy as np
 
 from vidprop.errors import MaskError, SourceError
 from vidprop.io.frames import Frame, FrameSource, open_source
-from vidprop.io.masks import LabelMask, ObjectIds, read_mask
+from vidprop.io.masks import LabelMask, ObjectIds, no_object_message, read_mask, warn_suspicious_objects
 
 __all__ = ["ArrayFrameSource", "as_frame_source", "as_label_mask"]
 
@@ -101,7 +101,9 @@ def as_label_mask(first_mask: Any, size: tuple[int, int]) -> LabelMask:
     ids = ids.astype(np.uint8)
     object_ids = ObjectIds.from_mask(ids)
     if object_ids.num_channels < 2:
-        raise MaskError("the first mask has no object (only background/void)", where)
+        raise MaskError(no_object_message(ids), where)
+    if where is not None:  # a LabelMask was checked when it was read
+        warn_suspicious_objects(ids, where)
     return LabelMask(ids=ids, object_ids=object_ids, palette=palette)
 
 

@@ -54,6 +54,8 @@ def _decode_unfiltered(data: bytes) -> np.ndarray | None:
             size = (height, width)
         elif kind == b"IDAT":
             idat.append(view[pos + 8 : body_end])
+        elif kind == b"eXIf":  # an orientation to apply: let read_label_image do it
+            return None
         elif kind == b"IEND":
             break
         pos = body_end + 4
