@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "davis": "vidprop.cli.davis",
     "evaluate": "vidprop.cli.evaluate",
     "extract": "vidprop.cli.extract",
+    "sweep": "vidprop.cli.sweep",
 }
 
 

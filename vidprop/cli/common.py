@@ -22,6 +22,7 @@ __all__ = [
     "add_config_options",
     "add_run_options",
     "config_from_args",
+    "explicit_keys",
     "config_keys_help",
     "quiet_secondary_ranks",
     "print_summary",
@@ -177,6 +178,17 @@ def config_from_args(args: argparse.Namespace):
         if value is not None:
             overrides.extend((key, value) for key in (sh.key, *sh.also))
     return load_config(getattr(args, "config", None), overrides)
+
+
+def explicit_keys(args: argparse.Namespace) -> set[str]:
+    """The config keys set on the command line (``--set KEY=VALUE`` and shorthand flags), not by ``--config``."""
+    from vidprop.config import parse_override
+
+    keys = {parse_override(text)[0] for text in getattr(args, "overrides", None) or []}
+    for sh in SHORTHANDS:
+        if getattr(args, _dest(sh), None) is not None:
+            keys.update((sh.key, *sh.also))
+    return keys
 
 
 def quiet_secondary_ranks() -> None:

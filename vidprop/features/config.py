@@ -62,7 +62,7 @@ class DiftConfig:
 class LabConfig:
     """Weight-free baseline: CIE-Lab colour statistics over stride-sized cells.
 
-    Defaults chosen by J&F on the DAVIS sample (tools/sweep_lab.py; see the features README).
+    Defaults chosen by J&F on the DAVIS sample with ``vidprop sweep`` over these options (see the README).
     """
 
     stride: int = option(8, help="pixels per feature cell (cells are stride x stride, averaged)")

@@ -460,12 +460,17 @@ class DiftExtractor:
         posterior_eps, noise = self.draw_noise(images)
         return self.extract_layers_with_noise(images, posterior_eps, noise)
 
-    def combine(self, layers: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Concatenate per-block features on the finest grid: (B, C, h, w) float32."""
-        grid = max((f.shape[-2:] for f in layers.values()), key=lambda s: s[0] * s[1])
+    def combine(self, layers: dict[int, torch.Tensor], order: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Concatenate per-block features on the finest grid: (B, C, h, w) float32.
+
+        ``order``: the blocks to combine, in order (default: this extractor's ``layers``); a
+        subset gives exactly what an extractor of those blocks alone gives.
+        """
+        chosen = [layers[i] for i in (self.layers if order is None else order)]
+        grid = max((f.shape[-2:] for f in chosen), key=lambda s: s[0] * s[1])
         parts = [
             f if f.shape[-2:] == grid else F.interpolate(f, size=tuple(grid), mode="bilinear", align_corners=False)
-            for f in (layers[i] for i in self.layers)
+            for f in chosen
         ]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 

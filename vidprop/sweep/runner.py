@@ -1,0 +1,246 @@
+"""Run a sweep with the least work: one feature pass per video and feature setting, feeding every propagation setting.
+
+Plan: the points still to do are grouped by their feature setting (everything but the
+``propagation`` section). For each group and video, one stream of the video's features (through
+the feature cache when ``features.cache.dir`` is set) feeds one
+:class:`~vidprop.propagation.LabelPropagator` per point of the group; each point's masks go to
+``<out>/points/<point>/<video>/<frame>.png`` with a completion marker per video. When a group's
+videos are done its points are scored, ``result.json`` is written per point, and ``sweep.csv``
+and ``best.yaml`` are rewritten. Plots come last.
+
+Resume: a point with a valid ``result.json`` (same settings, same data) is not redone; a video
+whose masks are complete for a point is not propagated again for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from vidprop import __version__
+from vidprop.config import dump_config, result_fingerprint
+from vidprop.errors import ConfigError, VidpropError
+from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info
+from vidprop.log import progress
+from vidprop.sweep.grid import Grid, GridPoint
+from vidprop.sweep.report import (
+    BEST_FILE,
+    CSV_FILE,
+    PointResult,
+    best_result,
+    load_result,
+    save_result,
+    write_best,
+    write_csv,
+)
+
+__all__ = ["SweepResult", "FeatureGroup", "plan_groups", "run_sweep", "POINTS_DIR"]
+
+logger = logging.getLogger(__name__)
+
+POINTS_DIR = "points"
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """Outcome of :func:`run_sweep`.
+
+    Attributes:
+        results: every finished point's result, by grid index (all of them after a full run).
+        best: the best point's result (None if nothing could be scored).
+        csv, best_yaml: paths of ``sweep.csv`` and ``best.yaml``.
+        plots: paths of the PNG plots written (empty without matplotlib).
+        resumed: points taken from an earlier run.
+    """
+
+    results: dict[int, PointResult]
+    best: PointResult | None
+    csv: Path
+    best_yaml: Path | None
+    plots: tuple[Path, ...]
+    resumed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureGroup:
+    """Grid points whose features one extractor pass gives (see :mod:`vidprop.sweep.features`).
+
+    Attributes:
+        settings: the points of each distinct feature setting of the pass (grid order).
+    """
+
+    settings: tuple[tuple[GridPoint, ...], ...]
+
+    @property
+    def points(self) -> tuple[GridPoint, ...]:
+        return tuple(sorted((p for s in self.settings for p in s), key=lambda p: p.index))
+
+
+def plan_groups(points: Sequence[GridPoint]) -> list[FeatureGroup]:
+    """Group ``points`` into feature passes, then by feature setting, in grid order of first appearance."""
+    from vidprop.propagation import PropagationConfig
+    from vidprop.sweep.features import shared_pass_key
+
+    passes: dict[str, dict[str, list[GridPoint]]] = {}
+    for point in points:
+        pass_key = result_fingerprint(shared_pass_key(point.config))
+        setting_key = result_fingerprint(point.config.replace(propagation=PropagationConfig()))
+        passes.setdefault(pass_key, {}).setdefault(setting_key, []).append(point)
+    return [FeatureGroup(tuple(tuple(members) for members in settings.values())) for settings in passes.values()]
+
+
+class _Clock:
+    """Seconds charged to each point: its own work plus an even share of the passes it took part in."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[int, float] = {}
+
+    def charge(self, points: Sequence[GridPoint], seconds: float) -> None:
+        for point in points:
+            self.seconds[point.index] = self.seconds.get(point.index, 0.0) + seconds / max(len(points), 1)
+
+
+def _point_dir(out_dir: Path, grid: Grid, point: GridPoint) -> Path:
+    return out_dir / POINTS_DIR / point.name(grid.axes)
+
+
+def _video_done(folder: Path, point: GridPoint) -> bool:
+    info = read_complete_info(folder)
+    return info is not None and info.get("fingerprint") == point.fingerprint
+
+
+def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], clock: _Clock) -> None:
+    """One pass over ``video``'s features, feeding one propagator per ``(point, folder, setting)`` of ``todo``."""
+    import torch
+
+    from vidprop.io.masks import labels_to_onehot, read_mask, write_mask
+    from vidprop.pipeline import VideoPipeline, cache_id
+    from vidprop.propagation import LabelPropagator
+
+    source = video.source
+    label_mask = read_mask(video.mask, expected_size=source.size)
+    object_ids = label_mask.object_ids
+    propagators = []
+    for point, folder, _ in todo:
+        folder.mkdir(parents=True, exist_ok=True)
+        clear_complete(folder)
+        settings = VideoPipeline(point.config, extractor=shared.extractor)._propagation_config(video.n_last_frames)
+        propagators.append(LabelPropagator(settings))
+    strides = shared.strides()
+    points = [p for p, _, _ in todo]
+    stream = shared.stream(source, video_id=cache_id(video.name, source))
+    bar = progress(None, total=len(source), desc=f"{video.name} x {len(todo)}", unit="frame", leave=False, position=1)
+    count = 0
+    try:
+        while True:
+            start = time.perf_counter()
+            try:
+                frame, per_setting = next(stream)
+            except StopIteration:
+                break
+            clock.charge(points, time.perf_counter() - start)
+            for (point, folder, setting), propagator in zip(todo, propagators):
+                start = time.perf_counter()
+                features = per_setting[setting]
+                with torch.inference_mode():
+                    if frame.index == 0:
+                        grid_size = tuple(features.shape[-2:])
+                        onehot = labels_to_onehot(object_ids.to_channels(label_mask.ids), object_ids.num_channels, grid_size)
+                        propagator.reset(features, onehot.to(features.device))
+                        ids = label_mask.ids
+                    else:
+                        soft = propagator.step(features)
+                        ids = object_ids.to_ids(propagator.to_mask(soft, strides[setting], frame.size))
+                write_mask(folder / f"{frame.name}.png", ids, palette=label_mask.palette)
+                clock.charge([point], time.perf_counter() - start)
+            del per_setting
+            count += 1
+            bar.update(1)
+    finally:
+        stream.close()
+        bar.close()
+    if count != len(source):
+        raise VidpropError(f"{video.name}: read {count} of {len(source)} frames")
+    for point, folder, _ in todo:
+        mark_complete(folder, {"frames": count, "fingerprint": point.fingerprint, "vidprop_version": __version__})
+
+
+def run_sweep(grid: Grid, data: Any, out_dir: str | Path, overwrite: bool = False) -> SweepResult:
+    """Run every point of ``grid`` on ``data`` into ``out_dir``, resumably; see the module docstring.
+
+    Args:
+        grid: the validated grid (:func:`~vidprop.sweep.build_grid`).
+        data: a :class:`~vidprop.sweep.data.DavisSweepData` or :class:`~vidprop.sweep.data.FolderSweepData`.
+        out_dir: the sweep's folder (``sweep.csv``, ``best.yaml``, plots, ``points/``).
+        overwrite: redo every point, ignoring earlier results and masks.
+
+    Returns:
+        The :class:`SweepResult`.
+
+    Raises:
+        ConfigError: a sharded run (``runtime.num_shards > 1``), which a sweep does not support.
+        InputError and others: from the stages (bad frames, missing model, ...), at the first failure.
+    """
+    from vidprop.pipeline import resolve_runtime
+    from vidprop.sweep.features import SharedFeatures
+
+    if resolve_runtime(grid.base).runtime.num_shards > 1:
+        raise ConfigError("a sweep runs in one process: sharding is not supported", key="runtime.num_shards")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    signature = data.signature
+    sequences = [v.name for v in data.videos]
+    results: dict[int, PointResult] = {}
+    if not overwrite:
+        for point in grid.points:
+            found = load_result(_point_dir(out_dir, grid, point), point, signature)
+            if found is not None:
+                results[point.index] = found
+    resumed = len(results)
+    if resumed:
+        logger.info("%d of %d grid points already done (resumed); %d to run", resumed, len(grid.points), len(grid.points) - resumed)
+    csv_path, best_path = out_dir / CSV_FILE, out_dir / BEST_FILE
+    write_csv(csv_path, grid, results, sequences)
+    todo = [p for p in grid.points if p.index not in results]
+    groups = plan_groups(todo)
+    logger.info(
+        "%d grid points to run in %d feature pass(es) over %d video(s)", len(todo), len(groups), len(data.videos)
+    )
+    clock = _Clock()
+    bar = progress(None, total=len(grid.points), initial=resumed, desc="grid points", unit="point", position=0)
+    try:
+        for group in groups:
+            shared = SharedFeatures([members[0].config for members in group.settings])
+            for point in group.points:
+                dump_config(point.config, _point_dir(out_dir, grid, point) / "config.yaml")
+            for video in data.videos:
+                pending = [
+                    (point, _point_dir(out_dir, grid, point) / video.name, setting)
+                    for setting, members in enumerate(group.settings)
+                    for point in members
+                    if overwrite or not _video_done(_point_dir(out_dir, grid, point) / video.name, point)
+                ]
+                if pending:
+                    _run_pass(shared, video, pending, clock)
+            shared.log_cache_stats()
+            for point in group.points:
+                start = time.perf_counter()
+                folder = _point_dir(out_dir, grid, point)
+                scores = data.score(folder, point.config)
+                clock.charge([point], time.perf_counter() - start)
+                result = PointResult.from_scores(point.index, scores, clock.seconds.get(point.index, 0.0))
+                save_result(folder, point, signature, result)
+                results[point.index] = result
+                write_csv(csv_path, grid, results, sequences)
+                write_best(best_path, grid, results, data.describe())
+                bar.update(1)
+    finally:
+        bar.close()
+    best_yaml = write_best(best_path, grid, results, data.describe())
+    from vidprop.sweep.plots import write_plots
+
+    plots = write_plots(grid, results, out_dir)
+    return SweepResult(results, best_result(results), csv_path, best_yaml, tuple(plots), resumed)
