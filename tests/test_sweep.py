@@ -333,3 +333,18 @@ def test_sweep_help_documents_the_grid_and_every_config_key(capsys):
         assert flag in text
     for key, *_ in iter_fields(VidpropConfig):
         assert f"  {key} = " in text, key
+
+
+def test_a_sweep_over_other_data_in_the_same_folder_redoes_every_point(davis_root, tmp_path):
+    from vidprop.sweep import DavisSweepData, run_sweep
+
+    short = copy_short_sequence(davis_root, tmp_path / "short", "dog", 4)
+    longer = copy_short_sequence(davis_root, tmp_path / "longer", "dog", 6)
+    grid = build_grid(["propagation.topk=3,10"], load_config(LAB, ["data.short_side=128", "runtime.device=cpu"]))
+    run_sweep(grid, DavisSweepData(short), tmp_path / "sweep")
+    again = run_sweep(grid, DavisSweepData(longer), tmp_path / "sweep")
+    fresh = run_sweep(grid, DavisSweepData(longer), tmp_path / "fresh")
+    assert again.resumed == 0
+    assert _without_seconds(tmp_path / "sweep" / "sweep.csv") == _without_seconds(tmp_path / "fresh" / "sweep.csv")
+    assert {r.index: r.j_and_f for r in again.results.values()} == {r.index: r.j_and_f for r in fresh.results.values()}
+

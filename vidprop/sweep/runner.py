@@ -107,9 +107,24 @@ def _point_dir(out_dir: Path, grid: Grid, point: GridPoint) -> Path:
     return out_dir / POINTS_DIR / point.name(grid.axes)
 
 
-def _video_done(folder: Path, point: GridPoint) -> bool:
+def _marker(point: GridPoint, video: Any, frames: int) -> dict:
+    """What a finished video of a point records: its settings and its inputs."""
+    return {
+        "fingerprint": point.fingerprint,
+        "source": str(Path(video.source.path).expanduser().resolve()),
+        "mask": str(Path(video.mask).expanduser().resolve()),
+        "frames": frames,
+        "vidprop_version": __version__,
+    }
+
+
+def _video_done(folder: Path, point: GridPoint, video: Any) -> bool:
+    """Whether ``folder`` holds ``video``'s complete masks for ``point`` (same settings, same frames and mask)."""
     info = read_complete_info(folder)
-    return info is not None and info.get("fingerprint") == point.fingerprint
+    if info is None:
+        return False
+    expected = _marker(point, video, len(video.source))
+    return all(info.get(key) == expected[key] for key in ("fingerprint", "source", "mask", "frames"))
 
 
 def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], clock: _Clock) -> None:
@@ -165,7 +180,7 @@ def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], 
     if count != len(source):
         raise VidpropError(f"{video.name}: read {count} of {len(source)} frames")
     for point, folder, _ in todo:
-        mark_complete(folder, {"frames": count, "fingerprint": point.fingerprint, "vidprop_version": __version__})
+        mark_complete(folder, _marker(point, video, count))
 
 
 def run_sweep(grid: Grid, data: Any, out_dir: str | Path, overwrite: bool = False) -> SweepResult:
@@ -221,7 +236,7 @@ def run_sweep(grid: Grid, data: Any, out_dir: str | Path, overwrite: bool = Fals
                     (point, _point_dir(out_dir, grid, point) / video.name, setting)
                     for setting, members in enumerate(group.settings)
                     for point in members
-                    if overwrite or not _video_done(_point_dir(out_dir, grid, point) / video.name, point)
+                    if overwrite or not _video_done(_point_dir(out_dir, grid, point) / video.name, point, video)
                 ]
                 if pending:
                     _run_pass(shared, video, pending, clock)
