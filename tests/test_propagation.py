@@ -13,8 +13,12 @@ import torch.nn.functional as F
 from vidprop.config_base import from_dict
 from vidprop.errors import ConfigError, ShapeError
 from vidprop.propagation import LabelPropagator, PropagationConfig, labels_to_mask
-from vidprop.propagation.dense import DensePropagator, dense_to_mask, neighbourhood_mask
+from vidprop.propagation import fused
+from vidprop.propagation.dense import DensePropagator, dense_propagate, dense_to_mask, neighbourhood_mask
 from vidprop.propagation.kernels import BlockGrid, TilePlan, normalize_cells, propagate_blocks, to_blocks
+
+# Both backends must give the reference's results; 'fused' needs numba (a declared dependency).
+BACKENDS = [pytest.param("fused", marks=pytest.mark.skipif(not fused.AVAILABLE, reason="numba not installed")), "torch"]
 
 
 def random_features(seed: int, channels: int, size: tuple[int, int], frames: int, smooth: bool = True) -> list[torch.Tensor]:
@@ -60,9 +64,11 @@ SETTINGS = [
 ]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("grid,channels,k,topk,n_last,radius,block,frames", SETTINGS)
-def test_matches_dense_reference(grid, channels, k, topk, n_last, radius, block, frames):
-    cfg = PropagationConfig(topk=topk, n_last_frames=n_last, radius=radius, temperature=0.2, block_size=block)
+def test_matches_dense_reference(grid, channels, k, topk, n_last, radius, block, frames, backend):
+    cfg = PropagationConfig(topk=topk, n_last_frames=n_last, radius=radius, temperature=0.2, block_size=block,
+                            backend=backend)
     feats = random_features(hash((grid, channels, topk)) % 1000, channels, grid, frames)
     labels = random_onehot(k * 7 + topk, k, grid)
     size = (grid[0] * 8 - 3, grid[1] * 8 + 5)
@@ -86,13 +92,14 @@ def test_results_do_not_depend_on_block_size():
         torch.testing.assert_close(other, outs[0], rtol=1e-5, atol=1e-6)
 
 
-def test_identical_features_keep_every_tied_neighbour():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_identical_features_keep_every_tied_neighbour(backend):
     """All affinities equal: the k-th value ties with every window cell, and the reference keeps them all,
     so each target gets the plain mean of the labels in its (2r+1)^2 window over all context frames."""
     grid, radius = (10, 12), 2
     feats = [torch.ones(4, *grid)] * 2
     labels = random_onehot(1, 3, grid)
-    prop = LabelPropagator(PropagationConfig(topk=3, n_last_frames=2, radius=radius, block_size=4))
+    prop = LabelPropagator(PropagationConfig(topk=3, n_last_frames=2, radius=radius, block_size=4, backend=backend))
     prop.reset(feats[0], labels)
     soft = prop.step(feats[1])
     window = 2 * radius + 1
@@ -102,20 +109,22 @@ def test_identical_features_keep_every_tied_neighbour():
     torch.testing.assert_close(soft, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_quantised_features_with_many_ties_match_dense():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_quantised_features_with_many_ties_match_dense(backend):
     """Features from a handful of distinct vectors: exact ties at the k-th affinity everywhere."""
     grid = (13, 15)
     gen = torch.Generator().manual_seed(5)
     palette = torch.randn(4, 8, generator=gen)
     feats = [palette[torch.randint(0, 4, grid, generator=gen)].permute(2, 0, 1).contiguous() for _ in range(6)]
     labels = random_onehot(2, 3, grid)
-    cfg = PropagationConfig(topk=10, n_last_frames=3, radius=3, block_size=4)
+    cfg = PropagationConfig(topk=10, n_last_frames=3, radius=3, block_size=4, backend=backend)
     for soft, ref, mask, ref_mask in run_both(cfg, feats, labels, 4, (52, 60)):
         torch.testing.assert_close(soft, ref, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(mask, ref_mask)
 
 
-def test_float_collapse_of_exp_is_a_tie():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float_collapse_of_exp_is_a_tie(backend):
     """Distinct cosines whose exp(cos / T) round to the same float32 are ties, as in the reference.
 
     Context cells hold (a, sqrt(1 - a^2)) with a few-ulp-apart small a; the target is (1, 0), so the
@@ -133,7 +142,8 @@ def test_float_collapse_of_exp_is_a_tie():
     aff = torch.exp(cos / temperature)
     assert cos[topk - 1] > cos[topk] and aff[topk - 1] == aff[topk]
     labels = F.one_hot((torch.arange(n) % 3).view(grid), 3).permute(2, 0, 1).float()
-    cfg = PropagationConfig(topk=topk, n_last_frames=1, radius=0, temperature=temperature, block_size=4)
+    cfg = PropagationConfig(topk=topk, n_last_frames=1, radius=0, temperature=temperature, block_size=4,
+                            backend=backend)
     soft, ref, mask, ref_mask = next(run_both(cfg, [context, target], labels, 2, (12, 16)))
     torch.testing.assert_close(soft, ref, rtol=1e-5, atol=1e-6)
     kept = int((aff >= aff[topk - 1]).sum())
@@ -151,16 +161,18 @@ def test_chunked_windows_match_single_pass(budget_bytes):
     soft = torch.stack([to_blocks(F.softmax(torch.randn(*grid.size, 3), -1), grid) for _ in range(5)], 2)
     label_store = torch.cat([to_blocks(labels.permute(1, 2, 0), grid)[:, :, None], soft], 2).contiguous()
     query = to_blocks(normalize_cells(feats[6]), grid)
+    padding = to_blocks(torch.ones(*grid.size, 1, dtype=torch.bool), grid).logical_not_()
     for radius in (0, 3):
         plan = TilePlan(grid, radius)
         for n_valid in (4, 6):
-            args = dict(topk=11, temperature=0.2)
+            args = dict(topk=11, temperature=0.2, padding=padding)
             single = propagate_blocks(query, store, label_store, n_valid, plan, budget_bytes=2**30, **args)
             chunked = propagate_blocks(query, store, label_store, n_valid, plan, budget_bytes=budget_bytes, **args)
             torch.testing.assert_close(chunked, single, rtol=1e-5, atol=1e-6)
 
 
-def test_real_frames_match_dense(davis_root):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_real_frames_match_dense(davis_root, backend):
     """Colour features pooled from real DAVIS frames (many near-identical cells), first real mask."""
     from PIL import Image
 
@@ -176,7 +188,7 @@ def test_real_frames_match_dense(davis_root):
     grid = tuple(feats[0].shape[1:])
     small = np.array(Image.fromarray((mask0 > 0).astype(np.uint8)).resize((grid[1], grid[0]), Image.NEAREST))
     labels = F.one_hot(torch.from_numpy(small).long(), 2).permute(2, 0, 1).float()
-    cfg = PropagationConfig(topk=15, n_last_frames=2, radius=4, temperature=0.2)
+    cfg = PropagationConfig(topk=15, n_last_frames=2, radius=4, temperature=0.2, backend=backend)
     masks = []
     for soft, ref, mask, ref_mask in run_both(cfg, feats, labels, stride, mask0.shape):
         torch.testing.assert_close(soft, ref, rtol=1e-5, atol=1e-6)
@@ -185,16 +197,131 @@ def test_real_frames_match_dense(davis_root):
     assert all(m.shape == mask0.shape and m.max() == 1 for m in masks)
 
 
-def test_context_is_first_frame_plus_last_frames():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_context_is_first_frame_plus_last_frames(backend):
     grid = (8, 9)
     feats = random_features(11, 8, grid, 8)
-    prop = LabelPropagator(PropagationConfig(topk=4, n_last_frames=3, radius=2))
+    prop = LabelPropagator(PropagationConfig(topk=4, n_last_frames=3, radius=2, backend=backend))
     prop.reset(feats[0], random_onehot(3, 2, grid))
     seen = []
     for f in feats[1:]:
         seen.append(prop.num_context)
         prop.step(f)
     assert seen == [1, 2, 3, 4, 4, 4, 4]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("radius", [1, 3, 6])
+def test_radius_edge_is_inclusive(backend, radius):
+    """A context cell at offset exactly (radius, radius) is seen, one at radius + 1 in either axis is not.
+
+    Every cell holds a distinct random direction except three copies of the target's own vector:
+    at (y + r, x + r) with label 1, at (y + r + 1, x) with label 2 and at (y, x - r - 1) with label 3.
+    With topk 1 the target must take label 1 alone.
+    """
+    grid, y, x = (2 * radius + 6, 2 * radius + 8), radius + 1, radius + 2
+    gen = torch.Generator().manual_seed(radius)
+    context = torch.randn(16, *grid, generator=gen)
+    vec = torch.randn(16, generator=gen) * 10
+    target = torch.randn(16, *grid, generator=gen)
+    target[:, y, x] = vec
+    channel = torch.zeros(grid, dtype=torch.long)
+    for (cy, cx), k in (((y + radius, x + radius), 1), ((y + radius + 1, x), 2), ((y, x - radius - 1), 3)):
+        context[:, cy, cx] = vec
+        channel[cy, cx] = k
+    labels = F.one_hot(channel, 4).permute(2, 0, 1).float()
+    cfg = PropagationConfig(topk=1, n_last_frames=0, radius=radius, block_size=4, backend=backend)
+    soft, ref, _, _ = next(run_both(cfg, [context, target], labels, 4, (grid[0] * 4, grid[1] * 4)))
+    torch.testing.assert_close(soft[:, y, x], torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(soft, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grid,radius,n_last", [((2, 3), 0, 0), ((3, 2), 1, 1), ((1, 1), 2, 2), ((4, 5), 1, 0)])
+def test_fewer_candidates_than_k_keeps_every_neighbour(backend, grid, radius, n_last):
+    """Windows smaller than topk: every in-radius cell of every context frame is kept, weighted by
+    exp(cos / T) (computed here directly from the definition)."""
+    topk, temperature = 15, 0.5
+    feats = random_features(21, 5, grid, 3)
+    labels = random_onehot(22, 3, grid)
+    prop = LabelPropagator(PropagationConfig(topk=topk, n_last_frames=n_last, radius=radius, temperature=temperature,
+                                             block_size=2, backend=backend))
+    prop.reset(feats[0], labels)
+    context = [(normalize_cells(feats[0]), labels.permute(1, 2, 0))]
+    h, w = grid
+    reach = radius if radius > 0 else max(grid)
+    for f in feats[1:]:
+        soft = prop.step(f)
+        query = normalize_cells(f)
+        expected = torch.zeros(h, w, labels.shape[0])
+        for y in range(h):
+            for x in range(w):
+                num, den = 0.0, 0.0
+                for cells, lab in context:
+                    win = cells[max(0, y - reach): y + reach + 1, max(0, x - reach): x + reach + 1].reshape(-1, 5)
+                    aff = torch.exp(win @ query[y, x] / temperature)
+                    num = num + aff @ lab[max(0, y - reach): y + reach + 1, max(0, x - reach): x + reach + 1].reshape(-1, 3)
+                    den = den + aff.sum()
+                expected[y, x] = num / den
+        torch.testing.assert_close(soft, expected.permute(2, 0, 1), rtol=1e-5, atol=1e-6)
+        if n_last:
+            context = [context[0], *context[1:][-(n_last - 1):]] if n_last > 1 else [context[0]]
+            context.append((query, soft.permute(1, 2, 0)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_first_frame_only_context(backend):
+    """n_last_frames 0: every step sees the first frame alone, so a frame's result does not depend on
+    the frames before it, and equals one dense step from the first frame."""
+    grid = (9, 13)
+    feats = random_features(31, 8, grid, 4)
+    labels = random_onehot(32, 3, grid)
+    cfg = PropagationConfig(topk=6, n_last_frames=0, radius=3, backend=backend)
+    prop = LabelPropagator(cfg)
+    prop.reset(feats[0], labels)
+    first = prop.step(feats[3])
+    prop.step(feats[1])
+    prop.step(feats[2])
+    assert prop.num_context == 1
+    torch.testing.assert_close(prop.step(feats[3]), first, rtol=0, atol=0)
+    ref = dense_propagate(normalize_cells(feats[3]).flatten(0, 1), normalize_cells(feats[0]).flatten(0, 1),
+                          labels.flatten(1).T, grid, topk=6, radius=3, temperature=cfg.temperature)
+    torch.testing.assert_close(first, ref.T.reshape(3, *grid), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not fused.AVAILABLE, reason="numba not installed")
+def test_backends_and_thread_counts_agree():
+    """The fused kernel and the torch backend give the same masks; the fused kernel's result does
+    not depend on its thread count (bitwise)."""
+    grid = (23, 31)
+    feats = random_features(41, 9, grid, 8)
+    labels = random_onehot(42, 3, grid)
+    outs = {}
+    for backend, threads in (("torch", None), ("fused", 1), ("fused", 3)):
+        prop = LabelPropagator(PropagationConfig(topk=15, n_last_frames=4, radius=5, backend=backend, threads=threads))
+        prop.reset(feats[0], labels)
+        assert prop.backend == backend
+        outs[backend, threads] = torch.stack([prop.step(f) for f in feats[1:]])
+    torch.testing.assert_close(outs["fused", 3], outs["fused", 1], rtol=0, atol=0)
+    torch.testing.assert_close(outs["fused", 1], outs["torch", None], rtol=1e-5, atol=1e-6)
+    for a, b in zip(outs["fused", 1], outs["torch", None]):
+        np.testing.assert_array_equal(labels_to_mask(a, 8, (184, 248)), labels_to_mask(b, 8, (184, 248)))
+
+
+def test_auto_backend_choice():
+    grid = (6, 7)
+    labels = random_onehot(1, 2, grid)
+    for channels, dtype, expected in ((9, None, "fused"), (640, None, "torch"), (9, "float64", "torch")):
+        prop = LabelPropagator(PropagationConfig(topk=3, radius=2, dtype=dtype))
+        prop.reset(torch.randn(channels, *grid), labels)
+        assert prop.backend == (expected if fused.AVAILABLE else "torch")
+
+
+@pytest.mark.skipif(not fused.AVAILABLE, reason="numba not installed")
+def test_fused_backend_refuses_what_it_cannot_run():
+    prop = LabelPropagator(PropagationConfig(topk=3, radius=2, dtype="float64", backend="fused"))
+    with pytest.raises(ConfigError, match="float32"):
+        prop.reset(torch.randn(4, 6, 7), random_onehot(1, 2, (6, 7)))
 
 
 def test_dtype_and_device_follow_config():
@@ -271,7 +398,8 @@ def test_neighbourhood_mask_counts():
 @pytest.mark.parametrize("field,value", [("topk", 0), ("topk", 2.5), ("n_last_frames", -1), ("radius", -2),
                                          ("temperature", 0.0), ("temperature", -0.1), ("temperature", 0.005),
                                          ("temperature", math.nan), ("memory_budget_mib", 1), ("block_size", 0),
-                                         ("dtype", "float16"), ("device", "gpu7")])
+                                         ("dtype", "float16"), ("device", "gpu7"), ("backend", "numba"),
+                                         ("threads", 0), ("threads", 1.5)])
 def test_bad_config_values(field, value):
     with pytest.raises(ConfigError) as info:
         PropagationConfig(**{field: value})

@@ -9,12 +9,15 @@ import torch
 
 from vidprop.config_base import check, option
 
-__all__ = ["PropagationConfig", "MIN_TEMPERATURE", "DTYPES"]
+__all__ = ["PropagationConfig", "MIN_TEMPERATURE", "DTYPES", "BACKENDS"]
 
 # exp(cos / temperature) must stay finite in float32 for |cos| <= 1: exp(88) < 3.4e38 < exp(89).
 MIN_TEMPERATURE = 1.0 / 88.0
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# Names accepted by ``backend`` (the implementations are registered in vidprop.propagation.engine).
+BACKENDS = ("auto", "fused", "torch")
 
 
 def _is_int(value: object) -> bool:
@@ -37,6 +40,8 @@ class PropagationConfig:
     block_size: int = option(8, help="side, in feature cells, of the square blocks the grid is tiled into (speed only; results do not depend on it)")
     device: str | None = option(None, help="device for the propagation state, e.g. 'cpu' or 'cuda:0' (null = the first frame's features' device)")
     dtype: str | None = option(None, help="float32 or float64 (null = float32, as the reference)")
+    backend: str = option("auto", help="'fused' (numba window top-k kernel; CPU, float32), 'torch' (tiled matrix products; any device), or 'auto' (fused where it applies and is faster: CPU, float32, at most 160 channels); results are the same")
+    threads: int | None = option(None, help="CPU threads of the fused kernel (null = the cores this process may use); 'torch' uses torch's own thread setting")
 
     def __post_init__(self) -> None:
         check(_is_int(self.topk) and self.topk >= 1, "topk", self.topk, "an integer >= 1")
@@ -57,6 +62,9 @@ class PropagationConfig:
                 ok = False
             check(ok, "device", self.device, "null or a torch device string such as 'cpu' or 'cuda:0'")
         check(self.dtype is None or self.dtype in DTYPES, "dtype", self.dtype, "null, 'float32' or 'float64'")
+        check(self.backend in BACKENDS, "backend", self.backend, "one of " + ", ".join(repr(b) for b in BACKENDS))
+        check(self.threads is None or (_is_int(self.threads) and self.threads >= 1), "threads", self.threads,
+              "null or an integer >= 1")
 
     @property
     def torch_dtype(self) -> torch.dtype:

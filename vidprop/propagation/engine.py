@@ -1,16 +1,26 @@
 """LabelPropagator: carries the first frame's labels forward, one frame per :meth:`step`.
 
-The context of target frame t is the first frame (features and ground-truth one-hot labels,
-always kept) plus the last ``n_last_frames`` frames before t (features and their soft labels,
-the raw output of :meth:`step`). Each frame is L2-normalised once, when it enters; the context
-is a ring buffer of ``1 + n_last_frames`` slots in the block layout of
-:mod:`vidprop.propagation.kernels`, so a frame that leaves the context is overwritten.
+The context of target frame t is a list of permanent frames (today the first frame, with its
+ground-truth one-hot labels) plus a window of the last ``n_last_frames`` frames before t (features
+and their soft labels, the raw output of :meth:`step`). Each frame is L2-normalised once, when it
+enters. The context lives in ``S`` slots of a backend's store; permanent frames keep their slots,
+and a recent frame reuses the slot of the oldest one once the window is full.
+
+Two backends compute a step with the same semantics (the reference's kept set, ties included,
+and its weights); :func:`_choose_backend` picks one:
+
+- ``fused`` (:mod:`vidprop.propagation.fused`, numba): per target cell, only its in-radius context
+  cells, with a running top-(k+1); CPU, float32.
+- ``torch`` (:mod:`vidprop.propagation.kernels`): tiled matrix products; any device and dtype.
+
+The fused backend returns each target's k+1 best candidates ranked by cosine; the affinities
+exp(cos / T), the tie check and the weights are computed here with torch, as the reference does.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,46 +28,198 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from vidprop.errors import ShapeError
+from vidprop.errors import ConfigError, ShapeError
+from vidprop.propagation import fused
 from vidprop.propagation.config import PropagationConfig
-from vidprop.propagation.kernels import BlockGrid, TilePlan, from_blocks, normalize_cells, propagate_blocks, to_blocks
+from vidprop.propagation.kernels import (BlockGrid, TilePlan, Workspace, from_blocks, normalize_cells,
+                                         propagate_blocks, to_blocks)
 
-__all__ = ["LabelPropagator", "labels_to_mask", "MAX_CHANNELS"]
+__all__ = ["LabelPropagator", "labels_to_mask", "MAX_CHANNELS", "FUSED_MAX_CHANNELS"]
 
 logger = logging.getLogger(__name__)
 
 MAX_CHANNELS = 256  # masks are uint8 channel indices
 
+# Above this many feature channels the torch backend's matrix products beat the fused kernel's
+# vector loops (measured with tools/bench_propagation.py --crossover; see the README).
+FUSED_MAX_CHANNELS = 160
+
 
 @dataclass
-class _Context:
-    """Propagation state between steps.
+class _Slots:
+    """Which store slots hold the context: permanent frames, then a window of recent frames.
 
     Attributes:
-        grid: block tiling of the (h, w) feature grid.
-        channels: C, feature channels.
-        features: (nbr, nbc, S, M, C) normalised context features; slot 0 = first frame.
-        labels: (nbr, nbc, S, M, K) context labels (one-hot for slot 0, soft otherwise).
-        n_valid: filled slots (1 .. S).
-        next_slot: ring slot that the next propagated frame overwrites (1 .. S-1).
-        frames: frames seen so far, the first included.
-        padding: (nbr, nbc, M, 1) bool, True for block cells past the grid edge.
-        plan: the tiles of the grid and their neighbourhood masks.
+        capacity: S, slots in the store.
+        window: n_last_frames, the most recent frames kept.
+        permanent: slots of permanent frames, in order of arrival.
+        recent: slots of recent frames, oldest first.
     """
 
-    grid: BlockGrid
-    plan: TilePlan
-    channels: int
-    features: Tensor
-    labels: Tensor
-    padding: Tensor
-    n_valid: int = 1
-    next_slot: int = 1
-    frames: int = 1
+    capacity: int
+    window: int
+    permanent: list[int] = field(default_factory=list)
+    recent: list[int] = field(default_factory=list)
 
-    @property
-    def slots(self) -> int:
-        return self.features.shape[2]
+    def active(self) -> list[int]:
+        """Context slots of the next step, permanent first."""
+        return self.permanent + self.recent
+
+    def add_permanent(self) -> int:
+        """Slot for a new permanent frame (before any recent frame)."""
+        assert not self.recent and len(self.permanent) + self.window < self.capacity
+        self.permanent.append(len(self.permanent))
+        return self.permanent[-1]
+
+    def next_recent(self) -> int | None:
+        """Slot the next propagated frame is written to (None when the window is 0)."""
+        if self.window == 0:
+            return None
+        if len(self.recent) < self.window:
+            return len(self.permanent) + len(self.recent)
+        return self.recent[0]
+
+    def push_recent(self, slot: int) -> None:
+        """Record that ``slot`` (from :meth:`next_recent`) now holds the newest frame."""
+        if len(self.recent) == self.window:
+            self.recent.pop(0)
+        self.recent.append(slot)
+
+
+class _TorchBackend:
+    """Block layout of :mod:`vidprop.propagation.kernels`: features (nbr, nbc, S, M, C), labels
+    (nbr, nbc, S, M, K); any device and dtype. The active slots must be the first n of the store."""
+
+    name = "torch"
+
+    def __init__(self, cfg: PropagationConfig, grid_size: tuple[int, int], slots: int, channels: int, k: int,
+                 device: torch.device, dtype: torch.dtype):
+        self.cfg = cfg
+        self.grid = BlockGrid(grid_size, cfg.block_size)
+        nbr, nbc = self.grid.shape
+        m = self.grid.cells
+        # torch.empty leaves untouched slots unbacked until written (short videos pay little).
+        self.features = torch.empty(nbr, nbc, slots, m, channels, device=device, dtype=dtype)
+        self.labels = torch.empty(nbr, nbc, slots, m, k, device=device, dtype=dtype)
+        self.padding = to_blocks(torch.ones(*grid_size, 1, device=device, dtype=torch.bool), self.grid).logical_not_()
+        self.plan = TilePlan(self.grid, cfg.radius, device)
+        self.workspace = Workspace()
+
+    def store(self, slot: int, cells: Tensor, labels: Tensor) -> None:
+        """Write normalised cells (h, w, C) and labels (h, w, K) into ``slot``."""
+        self.features[:, :, slot] = to_blocks(cells, self.grid)
+        self.labels[:, :, slot] = to_blocks(labels, self.grid)
+
+    def step(self, cells: Tensor, active: list[int]) -> Tensor:
+        """Normalised query cells (h, w, C) -> soft labels (h, w, K)."""
+        n_valid = len(active)
+        assert sorted(active) == list(range(n_valid))  # the set of slots matters, not their order
+        cfg = self.cfg
+        soft = propagate_blocks(to_blocks(cells, self.grid), self.features, self.labels, n_valid, self.plan,
+                                topk=cfg.topk, temperature=cfg.temperature,
+                                budget_bytes=cfg.memory_budget_mib * 2**20, padding=self.padding,
+                                workspace=self.workspace)
+        return from_blocks(soft, self.grid)
+
+
+class _FusedBackend:
+    """Cell layout of :mod:`vidprop.propagation.fused`: features (S, C, h, w), labels (S, h*w, K); CPU, float32."""
+
+    name = "fused"
+
+    def __init__(self, cfg: PropagationConfig, grid_size: tuple[int, int], slots: int, channels: int, k: int,
+                 device: torch.device, dtype: torch.dtype):
+        self.cfg = cfg
+        self.size = grid_size
+        h, w = grid_size
+        self.features = torch.empty(slots, channels, h, w, dtype=dtype)
+        self.labels = torch.empty(slots, h * w, k, dtype=dtype)
+        self.threads = cfg.threads or fused.default_threads()
+        self.values = np.empty((h * w, cfg.topk + 1), dtype=np.float32)
+        self.index = np.empty((h * w, cfg.topk + 1), dtype=np.int64)
+
+    def store(self, slot: int, cells: Tensor, labels: Tensor) -> None:
+        """Write normalised cells (h, w, C) and labels (h, w, K) into ``slot``."""
+        self.features[slot] = cells.permute(2, 0, 1)
+        self.labels[slot] = labels.reshape(-1, labels.shape[-1])
+
+    def step(self, cells: Tensor, active: list[int]) -> Tensor:
+        """Normalised query cells (h, w, C) -> soft labels (h, w, K)."""
+        cfg = self.cfg
+        query = cells.permute(2, 0, 1).contiguous().numpy()
+        slots = np.asarray(active, dtype=np.int64)
+        store = self.features.numpy()
+        fused.window_topk(query, store, slots, cfg.radius, cfg.topk + 1, self.values, self.index, self.threads)
+        labels = self.labels.view(-1, self.labels.shape[-1])
+        soft, ties = weights_from_top(torch.from_numpy(self.values), torch.from_numpy(self.index), labels,
+                                      cfg.topk, cfg.temperature)
+        if ties.numel():
+            cos, index = fused.window_candidates(query, store, slots, cfg.radius, ties.numpy())
+            soft[ties] = threshold_candidates(torch.from_numpy(cos), torch.from_numpy(index), labels, cfg.topk,
+                                              cfg.temperature)
+        return soft.view(*self.size, -1)
+
+
+def weights_from_top(values: Tensor, index: Tensor, labels: Tensor, topk: int, temperature: float) -> tuple[Tensor, Tensor]:
+    """Soft labels from each target's k+1 largest cosines, and the targets that need the full threshold.
+
+    exp(x / T) is monotone, so the k largest cosines are the k largest affinities, unless the
+    (k+1)-th affinity equals the k-th in float32 (a tie, distinct cosines whose exp collide, or
+    fewer than k candidates): the reference then keeps every cell tied with the k-th, so those
+    rows are returned in ``ties`` for :func:`threshold_candidates`.
+
+    Args:
+        values: (R, k+1) cosines in descending order (-inf where a target has fewer candidates).
+        index: (R, k+1) int64 rows of ``labels`` of those candidates.
+        labels: (N, K) context labels.
+
+    Returns:
+        (R, K) soft labels (the rows listed in ``ties`` are garbage) and (n,) int64 ``ties``.
+    """
+    aff = values.div(temperature).exp_()  # the reference's operations: exp(cos / T)
+    exact = aff[:, topk] < aff[:, topk - 1]
+    weights = aff[:, :topk]
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    soft = (weights.unsqueeze(1) @ labels[index[:, :topk]]).squeeze(1)
+    return soft, (~exact).nonzero().squeeze(1)
+
+
+def threshold_candidates(cosines: Tensor, index: Tensor, labels: Tensor, topk: int, temperature: float) -> Tensor:
+    """The reference's steps on every in-radius candidate of some targets: affinities, k-th value
+    (padding -inf is a masked 0, as in the reference), zero below it, normalise, average.
+
+    Args:
+        cosines: (R, N) float cosines, -inf past each row's candidates (used as scratch).
+        index: (R, N) int64 rows of ``labels``, -1 past each row's candidates.
+        labels: (N', K) context labels.
+
+    Returns:
+        (R, K) soft labels.
+    """
+    aff = cosines.div_(temperature).exp_()
+    kth = aff.topk(min(topk, aff.shape[1]), dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+    aff.masked_fill_(aff < kth, 0.0)
+    weights = aff / aff.sum(dim=1, keepdim=True)
+    return (weights.unsqueeze(1) @ labels[index.clamp(min=0)]).squeeze(1)
+
+
+_BACKENDS = {"torch": _TorchBackend, "fused": _FusedBackend}
+
+
+def _choose_backend(cfg: PropagationConfig, device: torch.device, dtype: torch.dtype, channels: int) -> str:
+    """The backend named by ``cfg.backend``; for 'auto', the faster one that can run."""
+    fits = device.type == "cpu" and dtype == torch.float32
+    if cfg.backend == "fused":
+        if not fused.AVAILABLE:
+            raise ConfigError("invalid value 'fused' (numba is not installed: pip install numba, or use 'auto')",
+                              key="propagation.backend")
+        if not fits:
+            raise ConfigError(f"invalid value 'fused' (the fused kernel runs on the CPU in float32, this run "
+                              f"uses {device} {dtype}: use 'auto' or 'torch')", key="propagation.backend")
+        return "fused"
+    if cfg.backend == "torch":
+        return "torch"
+    return "fused" if fits and fused.AVAILABLE and channels <= FUSED_MAX_CHANNELS else "torch"
 
 
 def _check_features(features: Tensor, what: str) -> None:
@@ -103,17 +265,25 @@ class LabelPropagator:
 
     def __init__(self, config: PropagationConfig | None = None):
         self.config = config or PropagationConfig()
-        self._ctx: _Context | None = None
+        self._backend = None
+        self._slots: _Slots | None = None
+        self._size: tuple[int, int] | None = None
+        self._channels = 0
 
     @property
     def grid_size(self) -> tuple[int, int] | None:
         """(h, w) of the current video's feature grid, or None before :meth:`reset`."""
-        return None if self._ctx is None else self._ctx.grid.size
+        return self._size
 
     @property
     def num_context(self) -> int:
         """Frames the next :meth:`step` uses as context (first frame included); 0 before reset."""
-        return 0 if self._ctx is None else self._ctx.n_valid
+        return 0 if self._slots is None else len(self._slots.active())
+
+    @property
+    def backend(self) -> str | None:
+        """Name of the backend of the current video ('fused' or 'torch'), None before reset."""
+        return None if self._backend is None else self._backend.name
 
     @torch.inference_mode()
     def reset(self, first_features: Tensor, first_labels: Tensor) -> None:
@@ -125,6 +295,7 @@ class LabelPropagator:
 
         Raises:
             ShapeError: bad shapes, non-finite features, or labels that are not one-hot.
+            ConfigError: ``backend: fused`` where it cannot run (numba missing, not CPU float32).
         """
         _check_features(first_features, "first_features")
         grid_size = tuple(first_features.shape[1:])
@@ -132,20 +303,16 @@ class LabelPropagator:
         cfg = self.config
         device = torch.device(cfg.device) if cfg.device is not None else first_features.device
         dtype = cfg.torch_dtype
-        grid = BlockGrid(grid_size, cfg.block_size)
-        nbr, nbc = grid.shape
-        slots = 1 + cfg.n_last_frames
         channels, k = first_features.shape[0], first_labels.shape[0]
-        self._ctx = None  # free the previous video's context before allocating
-        # torch.empty leaves untouched slots unbacked until written (short videos pay little).
-        features = torch.empty(nbr, nbc, slots, grid.cells, channels, device=device, dtype=dtype)
-        labels = torch.empty(nbr, nbc, slots, grid.cells, k, device=device, dtype=dtype)
-        features[:, :, 0] = to_blocks(normalize_cells(first_features.to(device=device, dtype=dtype)), grid)
-        labels[:, :, 0] = to_blocks(first_labels.to(device=device, dtype=dtype).permute(1, 2, 0), grid)
-        padding = to_blocks(torch.ones(*grid_size, 1, device=device, dtype=torch.bool), grid).logical_not_()
-        self._ctx = _Context(grid=grid, plan=TilePlan(grid, cfg.radius, device), channels=channels, features=features, labels=labels, padding=padding)
-        logger.debug("propagation reset: grid %s, %d channels, %d labels, %d context slots on %s/%s",
-                     grid_size, channels, k, slots, device, dtype)
+        name = _choose_backend(cfg, device, dtype, channels)
+        self._backend = None  # free the previous video's context before allocating
+        slots = _Slots(capacity=1 + cfg.n_last_frames, window=cfg.n_last_frames)
+        backend = _BACKENDS[name](cfg, grid_size, slots.capacity, channels, k, device, dtype)
+        cells = normalize_cells(first_features.to(device=device, dtype=dtype))
+        backend.store(slots.add_permanent(), cells, first_labels.to(device=device, dtype=dtype).permute(1, 2, 0))
+        self._backend, self._slots, self._size, self._channels = backend, slots, grid_size, channels
+        logger.debug("propagation reset: grid %s, %d channels, %d labels, %d context slots on %s/%s, %s backend",
+                     grid_size, channels, k, slots.capacity, device, dtype, name)
 
     @torch.inference_mode()
     def step(self, features: Tensor) -> Tensor:
@@ -160,30 +327,22 @@ class LabelPropagator:
         Raises:
             ShapeError: no :meth:`reset` yet, mismatched channels or grid, non-finite values.
         """
-        ctx = self._ctx
-        if ctx is None:
+        backend, slots = self._backend, self._slots
+        if backend is None:
             raise ShapeError("step() before reset(): call reset(first_features, first_labels) first")
         _check_features(features, "features")
-        if features.shape[0] != ctx.channels:
-            raise ShapeError(f"features: {features.shape[0]} channels, but the first frame has {ctx.channels}")
-        if tuple(features.shape[1:]) != ctx.grid.size:
-            raise ShapeError(f"features: grid {tuple(features.shape[1:])} differs from the first frame's {ctx.grid.size}")
-        cfg = self.config
-        query = to_blocks(normalize_cells(features.to(device=ctx.features.device, dtype=ctx.features.dtype)), ctx.grid)
-        soft = propagate_blocks(
-            query, ctx.features, ctx.labels, ctx.n_valid, ctx.plan,
-            topk=cfg.topk, temperature=cfg.temperature,
-            budget_bytes=cfg.memory_budget_mib * 2**20,
-        )
-        # Padding cells may be far from every grid cell (0/0); their labels must stay 0 in the context.
-        soft.masked_fill_(ctx.padding, 0.0)
-        if ctx.slots > 1:
-            ctx.features[:, :, ctx.next_slot] = query
-            ctx.labels[:, :, ctx.next_slot] = soft
-            ctx.n_valid = min(ctx.slots, ctx.n_valid + 1)
-            ctx.next_slot = ctx.next_slot % (ctx.slots - 1) + 1
-        ctx.frames += 1
-        return from_blocks(soft, ctx.grid).permute(2, 0, 1).contiguous()
+        if features.shape[0] != self._channels:
+            raise ShapeError(f"features: {features.shape[0]} channels, but the first frame has {self._channels}")
+        if tuple(features.shape[1:]) != self._size:
+            raise ShapeError(f"features: grid {tuple(features.shape[1:])} differs from the first frame's {self._size}")
+        store = backend.features
+        cells = normalize_cells(features.to(device=store.device, dtype=store.dtype))
+        soft = backend.step(cells, slots.active())
+        slot = slots.next_recent()
+        if slot is not None:
+            backend.store(slot, cells, soft)
+            slots.push_recent(slot)
+        return soft.permute(2, 0, 1).contiguous()
 
     def to_mask(self, soft: Tensor, stride: int, size: tuple[int, int]) -> np.ndarray:
         """Channel map of one frame at the original frame size (see :func:`labels_to_mask`)."""

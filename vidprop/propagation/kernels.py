@@ -67,6 +67,23 @@ class BlockGrid:
         return self.block * self.block
 
 
+class Workspace:
+    """Scratch buffers reused across tiles and frames (grown on demand, never shrunk), so that a
+    step allocates no large tensor: fresh allocations above glibc's mmap threshold cost page
+    faults on every use."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A contiguous tensor of ``shape`` on ``like``'s device and dtype (contents undefined)."""
+        numel = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._buffers[name] = like.new_empty(numel)
+        return buf[:numel].view(shape)
+
+
 def normalize_cells(features: Tensor) -> Tensor:
     """L2-normalise each cell's feature vector (``F.normalize`` semantics, eps 1e-12).
 
@@ -185,19 +202,21 @@ class TilePlan:
 
 
 def _cosines(query: Tensor, store: Tensor, run: _Run, band: tuple[int, int], slots: tuple[int, int],
-             full_slots: bool) -> Tensor:
+             full_slots: bool, workspace: Workspace) -> Tensor:
     """Cosines of a run's targets with window block rows ``band`` and context ``slots``.
 
     The candidates of a target are numbered in (block row, block column, slot, cell) order;
     they come in G groups of L consecutive candidates, one batched matrix product per group.
+    The neighbourhood mask enters each product as a 0 / -inf bias (``baddbmm``), built once per
+    run and shared by its tiles, instead of a masked fill over the whole output.
 
     Args:
         query: (nbr, nbc, M, C) normalised target blocks.
         store: (nbr, nbc, S, M, C) contiguous context store.
 
     Returns:
-        (G, T, M, L) tensor for the run's T tiles; cells outside each target's neighbourhood,
-        and padding cells, are -inf (so that exp(-inf / T) is exactly 0, as in the reference).
+        (G, T, M, L) tensor (a view of ``workspace``) for the run's T tiles; cells outside each
+        target's neighbourhood, and padding cells, are -inf (exp(-inf / T) = 0, as in the reference).
     """
     n_tiles = run.count
     targets = query[run.bi, run.bj0: run.bj0 + n_tiles]  # (T, M, C)
@@ -214,20 +233,20 @@ def _cosines(query: Tensor, store: Tensor, run: _Run, band: tuple[int, int], slo
         offset = store.storage_offset() + i * row_step + j * col_step + s0 * slot_step
         return store.as_strided((n_tiles, length, c), (col_step, c, 1), offset)
 
+    bias = workspace.take("bias", (m, nr, nj, ns, cells), targets)
+    bias.zero_().masked_fill_(outside[:, :, :, None, :], float("-inf"))
     if full_slots:
         # Blocks j0..j1 of one block row with all their slots form one contiguous matrix.
-        out = targets.new_empty(nr, n_tiles, m, nj * ns * cells)
+        out = workspace.take("cosines", (nr, n_tiles, m, nj * ns * cells), targets)
         for r, i in enumerate(range(*band)):
-            torch.bmm(targets, windows(i, j0, nj * ns * cells).transpose(1, 2), out=out[r])
-        out.view(nr, n_tiles, m, nj, ns, cells).masked_fill_(
-            outside.permute(1, 0, 2, 3)[:, None, :, :, None, :], float("-inf"))
+            torch.baddbmm(bias[:, r].reshape(1, m, -1), targets, windows(i, j0, nj * ns * cells).transpose(1, 2),
+                          out=out[r])
         return out
-    out = targets.new_empty(nr, nj, n_tiles, m, ns * cells)
+    out = workspace.take("cosines", (nr, nj, n_tiles, m, ns * cells), targets)
     for r, i in enumerate(range(*band)):
         for col in range(nj):
-            torch.bmm(targets, windows(i, j0 + col, ns * cells).transpose(1, 2), out=out[r, col])
-    out.view(nr, nj, n_tiles, m, ns, cells).masked_fill_(
-        outside.permute(1, 2, 0, 3)[:, :, None, :, None, :], float("-inf"))
+            torch.baddbmm(bias[:, r, col].reshape(1, m, -1), targets, windows(i, j0 + col, ns * cells).transpose(1, 2),
+                          out=out[r, col])
     return out.view(nr * nj, n_tiles, m, ns * cells)
 
 
@@ -292,39 +311,51 @@ def _threshold_rows(cosines: Tensor, window_labels: Tensor, topk: int, temperatu
     return (aff / aff.sum(dim=1, keepdim=True)) @ window_labels
 
 
-def _top_candidates(cosines: Tensor, count: int) -> tuple[Tensor, Tensor]:
+def _top_candidates(cosines: Tensor, count: int, chunk: int) -> tuple[Tensor, Tensor]:
     """The ``count`` largest of (G, T, M, L) cosines per target, sorted, with flat candidate ids.
 
-    Two stages: the top ``count`` of each group, then of their union (exact for values).
-    Returns (T, M, count) values and ids.
+    Chunk-maximum prefilter: each target's candidates are cut into chunks of ``chunk`` (one block
+    of one slot); only the ``count`` chunks with the largest maxima can hold the ``count`` largest
+    values (if a value's chunk is not among them, ``count`` other chunks hold a value at least as
+    large), so ``topk`` runs on those chunks alone. Exact for the values; among equal values the
+    ids may differ, which only matters for rows whose k-th and (k+1)-th values tie, and those
+    take the full threshold path. Returns (T, M, count) values and ids (``g * L + position``).
     """
     g, n_tiles, m, length = cosines.shape
-    values, index = cosines.topk(min(count, length), dim=3)
-    if g == 1:
-        return values[0], index[0]
-    index = index + torch.arange(g, device=index.device).view(g, 1, 1, 1) * length
-    values = values.permute(1, 2, 0, 3).reshape(n_tiles, m, -1)
-    index = index.permute(1, 2, 0, 3).reshape(n_tiles, m, -1)
-    values, pick = values.topk(count, dim=2)
-    return values, index.gather(2, pick)
+    n_chunks = length // chunk
+    if g * n_chunks <= count:
+        values, index = cosines.permute(1, 2, 0, 3).reshape(n_tiles, m, -1).topk(min(count, g * length), dim=2)
+        return values, index
+    maxima = cosines.view(g, n_tiles, m, n_chunks, chunk).amax(dim=4)  # (G, T, M, n_chunks)
+    best = maxima.permute(1, 2, 0, 3).reshape(n_tiles, m, g * n_chunks).topk(count, dim=2, sorted=False).indices
+    group, within = best // n_chunks, best % n_chunks
+    tile = torch.arange(n_tiles, device=best.device).view(-1, 1, 1)
+    target = torch.arange(m, device=best.device).view(1, -1, 1)
+    start = ((group * n_tiles + tile) * m + target) * length + within * chunk  # (T, M, count) flat offsets
+    offsets = start[..., None] + torch.arange(chunk, device=best.device)  # (T, M, count, chunk)
+    picked = cosines.reshape(-1)[offsets.view(n_tiles, m, -1)]
+    values, pos = picked.topk(count, dim=2)
+    which = pos // chunk
+    ids = (group.gather(2, which) * length + within.gather(2, which) * chunk + pos % chunk)
+    return values, ids
 
 
 def _propagate_run(query: Tensor, store: Tensor, labels: Tensor, run: _Run, n_valid: int, topk: int,
-                   temperature: float) -> Tensor:
+                   temperature: float, padding: Tensor, workspace: Workspace) -> Tensor:
     """Soft labels (T, M, K) of a run of tiles whose windows fit the budget in one pass."""
     full = n_valid == store.shape[2]
     band, slots = run.rows, (0, n_valid)
-    cos = _cosines(query, store, run, band, slots, full)
+    cos = _cosines(query, store, run, band, slots, full, workspace)
     groups, n_tiles, _, length = cos.shape
     if groups * length <= topk:
         return torch.stack([_threshold_rows(_rows(cos, t), _window_labels(labels, run, t, band, slots), topk, temperature)
                             for t in range(n_tiles)])
     # exp(x / T) is monotone, so the k largest cosines are the k largest affinities, unless the
     # (k+1)-th affinity equals the k-th (a tie, a float collapse, or a masked 0): the reference then
-    # keeps every tied cell, so such rows take the full path.
-    values, index = _top_candidates(cos, topk + 1)
+    # keeps every tied cell, so such rows take the full path. Padding targets are discarded anyway.
+    values, index = _top_candidates(cos, topk + 1, store.shape[3])
     aff = _affinities_(values, temperature)
-    exact = aff[..., topk] < aff[..., topk - 1]
+    exact = (aff[..., topk] < aff[..., topk - 1]) | padding[run.bi, run.bj0: run.bj0 + n_tiles, :, 0]
     weights = aff[..., :topk]
     weights = weights / weights.sum(dim=-1, keepdim=True)
     soft = (weights.unsqueeze(-2) @ _label_rows(labels, run, slots, index[..., :topk])).squeeze(-2)
@@ -337,7 +368,7 @@ def _propagate_run(query: Tensor, store: Tensor, labels: Tensor, run: _Run, n_va
 
 
 def _propagate_tile_chunked(query: Tensor, store: Tensor, labels: Tensor, run: _Run, n_valid: int, topk: int,
-                            temperature: float, max_candidates: int) -> Tensor:
+                            temperature: float, max_candidates: int, workspace: Workspace) -> Tensor:
     """Soft labels (1, M, K) of a single tile whose window exceeds the budget: chunk by chunk, two passes.
 
     Pass 1 finds each target's k-th largest affinity with a running top-k (the k-th value of a
@@ -348,7 +379,7 @@ def _propagate_tile_chunked(query: Tensor, store: Tensor, labels: Tensor, run: _
     chunks = _chunks(run, n_valid, store.shape[3], max_candidates)
 
     def affinities(band, slots):
-        cos = _cosines(query, store, run, band, slots, full and slots == (0, n_valid))
+        cos = _cosines(query, store, run, band, slots, full and slots == (0, n_valid), workspace)
         return _affinities_(_rows(cos, 0), temperature)
 
     best = None
@@ -369,7 +400,8 @@ def _propagate_tile_chunked(query: Tensor, store: Tensor, labels: Tensor, run: _
 
 
 def propagate_blocks(query: Tensor, store: Tensor, labels: Tensor, n_valid: int, plan: TilePlan, *,
-                     topk: int, temperature: float, budget_bytes: int) -> Tensor:
+                     topk: int, temperature: float, budget_bytes: int, padding: Tensor,
+                     workspace: Workspace | None = None) -> Tensor:
     """Propagate context labels to one target frame, a run of tiles at a time.
 
     Args:
@@ -381,11 +413,14 @@ def propagate_blocks(query: Tensor, store: Tensor, labels: Tensor, n_valid: int,
         topk: cells kept per target over all context frames (ties at the k-th value kept).
         temperature: affinity = exp(cosine / temperature).
         budget_bytes: working memory allowed for the affinities computed at once.
+        padding: (nbr, nbc, M, 1) bool, True for block cells past the grid edge.
+        workspace: scratch buffers to reuse across calls (a fresh one if None).
 
     Returns:
-        (nbr, nbc, M, K) soft labels of the target cells (padding cells hold garbage).
+        (nbr, nbc, M, K) soft labels of the target cells; 0 at padding cells.
     """
     assert store.is_contiguous() and labels.is_contiguous()
+    workspace = workspace or Workspace()
     nbr, nbc = plan.grid.shape
     m, k_ch = plan.grid.cells, labels.shape[-1]
     cells = store.shape[3]
@@ -396,9 +431,10 @@ def propagate_blocks(query: Tensor, store: Tensor, labels: Tensor, n_valid: int,
         if per_tile > max_candidates:
             for part in run.split(1):
                 out[part.bi, part.bj0: part.bj0 + 1] = _propagate_tile_chunked(
-                    query, store, labels, part, n_valid, topk, temperature, max_candidates)
+                    query, store, labels, part, n_valid, topk, temperature, max_candidates, workspace)
             continue
         for part in run.split(max_candidates // per_tile):
             out[part.bi, part.bj0: part.bj0 + part.count] = _propagate_run(
-                query, store, labels, part, n_valid, topk, temperature)
-    return out
+                query, store, labels, part, n_valid, topk, temperature, padding, workspace)
+    # Padding cells may be far from every grid cell (0/0); their labels must stay 0 in the context.
+    return out.masked_fill_(padding, 0.0)
