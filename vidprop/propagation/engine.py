@@ -19,6 +19,7 @@ exp(cos / T), the tie check and the weights are computed here with torch, as the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -43,6 +44,27 @@ MAX_CHANNELS = 256  # masks are uint8 channel indices
 # Above this many feature channels the torch backend's matrix products beat the fused kernel's
 # vector loops (measured with tools/bench_propagation.py --crossover; see the README).
 FUSED_MAX_CHANNELS = 160
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Run the enclosed torch operations on the calling thread alone, then restore the setting.
+
+    The fused backend's torch work per frame is small (the affinities and weights of k+1
+    candidates per target, copies into the context): an OpenMP parallel region costs more than it
+    saves there, and on a busy machine each region waits for its slowest, descheduled thread.
+    (torch's intra-op setting is the calling thread's OpenMP setting; vidprop's stages run on
+    one thread.)
+    """
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -102,7 +124,7 @@ class _TorchBackend:
         self.features = torch.empty(nbr, nbc, slots, m, channels, device=device, dtype=dtype)
         self.labels = torch.empty(nbr, nbc, slots, m, k, device=device, dtype=dtype)
         self.padding = to_blocks(torch.ones(*grid_size, 1, device=device, dtype=torch.bool), self.grid).logical_not_()
-        self.plan = TilePlan(self.grid, cfg.radius, device)
+        self.plan = TilePlan(self.grid, cfg.radius, device, dtype)
         self.workspace = Workspace()
 
     def store(self, slot: int, cells: Tensor, labels: Tensor) -> None:
@@ -336,13 +358,14 @@ class LabelPropagator:
         if tuple(features.shape[1:]) != self._size:
             raise ShapeError(f"features: grid {tuple(features.shape[1:])} differs from the first frame's {self._size}")
         store = backend.features
-        cells = normalize_cells(features.to(device=store.device, dtype=store.dtype))
-        soft = backend.step(cells, slots.active())
-        slot = slots.next_recent()
-        if slot is not None:
-            backend.store(slot, cells, soft)
-            slots.push_recent(slot)
-        return soft.permute(2, 0, 1).contiguous()
+        with _one_torch_thread() if backend.name == "fused" else contextlib.nullcontext():
+            cells = normalize_cells(features.to(device=store.device, dtype=store.dtype))
+            soft = backend.step(cells, slots.active())
+            slot = slots.next_recent()
+            if slot is not None:
+                backend.store(slot, cells, soft)
+                slots.push_recent(slot)
+            return soft.permute(2, 0, 1).contiguous()
 
     def to_mask(self, soft: Tensor, stride: int, size: tuple[int, int]) -> np.ndarray:
         """Channel map of one frame at the original frame size (see :func:`labels_to_mask`)."""
@@ -376,6 +399,11 @@ def labels_to_mask(soft: Tensor, stride: int, size: tuple[int, int]) -> np.ndarr
         raise ShapeError(f"stride: expected a positive integer, got {stride!r}")
     if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in size):
         raise ShapeError(f"size: expected (H, W) positive integers, got {size!r}")
+    with _one_torch_thread() if soft.device.type == "cpu" else contextlib.nullcontext():
+        return _labels_to_mask(soft, stride, (int(size[0]), int(size[1])))
+
+
+def _labels_to_mask(soft: Tensor, stride: int, size: tuple[int, int]) -> np.ndarray:
     up = F.interpolate(soft[None], scale_factor=stride, mode="bilinear", align_corners=False,
                        recompute_scale_factor=False)[0]
     flat = up.flatten(1)
@@ -385,5 +413,4 @@ def labels_to_mask(soft: Tensor, stride: int, size: tuple[int, int]) -> np.ndarr
     scaled = shifted / shifted.flatten(1).max(dim=1).values[:, None, None]
     up = torch.where((hi > 0)[:, None, None], scaled, up)
     index = up.max(dim=0).indices.to(torch.uint8).cpu().numpy()
-    height, width = int(size[0]), int(size[1])
-    return np.asarray(Image.fromarray(index).resize((width, height), Image.NEAREST))
+    return np.asarray(Image.fromarray(index).resize((size[1], size[0]), Image.NEAREST))

@@ -158,26 +158,26 @@ class _Run:
         bi, bj0, count: block row, first block column, number of tiles.
         rows: window block rows [lo, hi) (the same for every tile of the run).
         cols: window block columns [lo, hi) of the first tile; tile t's are shifted by t.
-        outside: (M, ni, nj, M) bool, True where a target may not see a window cell.
+        bias: (M, ni, nj, 1, M) float, -inf where a target may not see a window cell, else 0.
     """
 
-    def __init__(self, bi: int, bj0: int, count: int, rows: tuple[int, int], cols: tuple[int, int], outside: Tensor):
+    def __init__(self, bi: int, bj0: int, count: int, rows: tuple[int, int], cols: tuple[int, int], bias: Tensor):
         self.bi, self.bj0, self.count = bi, bj0, count
-        self.rows, self.cols, self.outside = rows, cols, outside
+        self.rows, self.cols, self.bias = rows, cols, bias
 
     def split(self, size: int) -> list["_Run"]:
         """Runs of at most ``size`` tiles covering this one."""
         return [_Run(self.bi, self.bj0 + t, min(size, self.count - t), self.rows,
-                     (self.cols[0] + t, self.cols[1] + t), self.outside) for t in range(0, self.count, size)]
+                     (self.cols[0] + t, self.cols[1] + t), self.bias) for t in range(0, self.count, size)]
 
 
 class TilePlan:
     """The tiles of one grid and radius, grouped into runs that share a window shape and mask.
 
-    Build it once per video (it depends only on the grid, the radius and the device).
+    Build it once per video (it depends only on the grid, the radius, the device and the dtype).
     """
 
-    def __init__(self, grid: BlockGrid, radius: int, device=None):
+    def __init__(self, grid: BlockGrid, radius: int, device=None, dtype: torch.dtype = torch.float32):
         self.grid = grid
         self.radius = radius
         reach = radius if radius > 0 else None
@@ -196,7 +196,9 @@ class TilePlan:
                     self.runs[-1].count += 1
                     continue
                 if key not in masks:
-                    masks[key] = _window_mask(grid, bi, bj, rows, cols, reach, device).logical_not_()
+                    inside = _window_mask(grid, bi, bj, rows, cols, reach, device)
+                    masks[key] = torch.zeros(inside.shape, device=device, dtype=dtype).masked_fill_(
+                        inside.logical_not_(), float("-inf")).unsqueeze(3)
                 self.runs.append(_Run(bi, bj, 1, rows, cols, masks[key]))
                 previous = key
 
@@ -225,7 +227,7 @@ def _cosines(query: Tensor, store: Tensor, run: _Run, band: tuple[int, int], slo
     s0, s1 = slots
     nr, nj, ns = band[1] - band[0], j1 - j0, s1 - s0
     cells = store.shape[3]
-    outside = run.outside[:, band[0] - run.rows[0]: band[1] - run.rows[0]]  # (M, nr, nj, cells)
+    small = run.bias[:, band[0] - run.rows[0]: band[1] - run.rows[0]]  # (M, nr, nj, 1, cells)
     row_step, col_step, slot_step = store.stride(0), store.stride(1), store.stride(2)
 
     def windows(i: int, j: int, length: int) -> Tensor:
@@ -234,7 +236,7 @@ def _cosines(query: Tensor, store: Tensor, run: _Run, band: tuple[int, int], slo
         return store.as_strided((n_tiles, length, c), (col_step, c, 1), offset)
 
     bias = workspace.take("bias", (m, nr, nj, ns, cells), targets)
-    bias.zero_().masked_fill_(outside[:, :, :, None, :], float("-inf"))
+    bias.copy_(small.expand(m, nr, nj, ns, cells))
     if full_slots:
         # Blocks j0..j1 of one block row with all their slots form one contiguous matrix.
         out = workspace.take("cosines", (nr, n_tiles, m, nj * ns * cells), targets)
