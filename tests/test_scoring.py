@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -157,6 +158,22 @@ def make_generic_case(davis_root: Path, dest: Path, seq: str = "libby", n: int =
         save_png(gt_dir / path.name, gt)
         save_png(pred_dir / path.name, pred)
     return dest / "gt", dest / "pred"
+
+
+def make_unpadded_davis(davis_root: Path, dest: Path, seq: str = "car-shadow", n: int = 12) -> tuple[Path, Path]:
+    """A DAVIS root whose frames are named without zero padding (``0.jpg`` .. ``11.jpg``, the first ``n``
+    frames of ``seq``) and predictions ``perturb("drop", gt, t)`` named the same, ``t`` = time index."""
+    src = sorted((davis_root / "Annotations" / "480p" / seq).glob("*.png"))[:n]
+    for t, path in enumerate(src):
+        gt = np.asarray(Image.open(path))
+        save_png(dest / "Annotations" / "480p" / seq / f"{t}.png", gt)
+        save_png(dest / "pred" / seq / f"{t}.png", perturb("drop", gt, t))
+        jpg = davis_root / "JPEGImages" / "480p" / seq / f"{path.stem}.jpg"
+        (dest / "JPEGImages" / "480p" / seq).mkdir(parents=True, exist_ok=True)
+        (dest / "JPEGImages" / "480p" / seq / f"{t}.jpg").write_bytes(jpg.read_bytes())
+    (dest / "ImageSets" / "2017").mkdir(parents=True, exist_ok=True)
+    (dest / "ImageSets" / "2017" / "val.txt").write_text(seq + "\n")
+    return dest, dest / "pred"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,16 +463,21 @@ def test_prediction_id_above_the_number_of_objects_names_the_file(small_case):
 
 def test_missing_sequence_is_an_error_or_skipped(small_case, davis_root, caplog):
     root, pred = small_case
-    root = link_davis_subset(davis_root, root, ["car-shadow", "blackswan"])  # blackswan has no predictions
-    with pytest.raises(SourceError, match="no predictions for sequence 'blackswan'") as info:
+    root = link_davis_subset(davis_root, root, ["car-shadow", "blackswan", "dog"])  # only car-shadow has predictions
+    with pytest.raises(SourceError) as info:
         evaluate_davis(root, pred)
-    assert info.value.path == str(pred / "blackswan")
+    assert info.value.path == str(pred)
+    assert info.value.message == (
+        "no predictions for 2 of the 3 sequences (blackswan, dog); each needs a folder <results>/<sequence>/ of PNGs. "
+        "To score only the 1 sequence(s) present, add --sequences car-shadow or --skip-missing "
+        "(Python: sequences=[...] or on_missing='skip')"
+    )
     with caplog.at_level(logging.WARNING, logger="vidprop"):
         scores = evaluate_davis(root, pred, on_missing="skip", processes=1)
-    assert scores.skipped_sequences == ("blackswan",)
+    assert scores.skipped_sequences == ("blackswan", "dog")
     assert scores.sequences == ("car-shadow",)
     assert "blackswan" in caplog.text
-    assert "Skipped (no predictions): blackswan" in format_table(scores)
+    assert "Skipped (no predictions): blackswan, dog" in format_table(scores)
 
 
 def test_bad_layouts_are_reported(small_case, tmp_path):
@@ -554,3 +576,209 @@ def test_cli_bad_input_exits_2(small_case, tmp_path):
     assert main(["evaluate", "--davis-root", str(root), "--gt", str(pred)]) == 2
     assert main(["evaluate", "--davis-root", str(root), "--results", str(pred), "--ignore-void"]) == 2
     assert main(["evaluate", "--davis-root", str(root), "--results", str(pred), "--processes", "0"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Frame order, binary masks, partial runs, worker pools
+
+
+def test_parity_mode_orders_unpadded_frames_as_the_official_tool(davis_root, tmp_path, expected, caplog):
+    # Frames 0..11 without zero padding: the official tool sorts names as text (0, 1, 10, 11, 2, ..., 9),
+    # so its unscored last frame is 9.png and Decay follows that order.
+    root, pred = make_unpadded_davis(davis_root, tmp_path / "unpadded")
+    with caplog.at_level(logging.WARNING, logger="vidprop"):
+        scores = evaluate_davis(root, pred, processes=1)
+    assert_matches(scores, expected["unpadded_names"])
+    assert scores.objects[0].frames == ("1", "10", "11", "2", "3", "4", "5", "6", "7", "8")
+    assert "frame names are not zero-padded in 1 sequence(s) (car-shadow)" in caplog.text
+    assert "the first and the last (unscored) frames are 0.png and 9.png" in caplog.text
+    # Generic mode keeps the natural order: it equals DAVIS parity mode on zero-padded copies.
+    generic = evaluate_folders(root / "Annotations" / "480p", pred, processes=1)
+    assert generic.objects[0].frames == tuple(str(t) for t in range(1, 11))
+    padded = tmp_path / "padded"
+    for sub in ("Annotations/480p/car-shadow", "JPEGImages/480p/car-shadow", "pred/car-shadow"):
+        (padded / sub).mkdir(parents=True)
+        for path in (root / sub if not sub.startswith("pred") else pred / "car-shadow").iterdir():
+            (padded / sub / f"{int(path.stem):05d}{path.suffix}").write_bytes(path.read_bytes())
+    (padded / "ImageSets" / "2017").mkdir(parents=True)
+    (padded / "ImageSets" / "2017" / "val.txt").write_text("car-shadow\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vidprop"):
+        reference = evaluate_davis(padded, padded / "pred", processes=1)
+    assert "zero-padded" not in caplog.text
+    assert generic.global_stats() == reference.global_stats()
+    assert abs(generic.j_mean - scores.j_mean) > 0.05  # the two orders really differ here
+
+
+def _binary_folders(davis_root: Path, dest: Path, gt_value: int, pred_value: int, n: int = 6) -> tuple[Path, Path]:
+    """car-shadow's first ``n`` masks as binary ground truth (0/``gt_value``) and eroded predictions
+    (0/``pred_value``)."""
+    for t, path in enumerate(sorted((davis_root / "Annotations" / "480p" / "car-shadow").glob("*.png"))[:n]):
+        ids = np.asarray(Image.open(path))
+        save_png(dest / "gt" / "car-shadow" / path.name, (ids > 0).astype(np.uint8) * gt_value)
+        save_png(dest / "pred" / "car-shadow" / path.name, (perturb("erode", ids, t) > 0).astype(np.uint8) * pred_value)
+    return dest / "gt", dest / "pred"
+
+
+def test_ground_truth_without_object_is_an_input_error(davis_root, tmp_path, caplog):
+    # DAVIS-2016-style 0/255 ground truth: 255 is void, so there is no object. This used to give
+    # "0 objects", J&F nan and exit 0 (or J&F 0 against a perfect 0/1 prediction).
+    from vidprop.cli import main
+
+    gt, pred = _binary_folders(davis_root, tmp_path, 255, 1)
+    with pytest.raises(MaskError) as info:
+        evaluate_folders(gt, pred, processes=1)
+    assert info.value.path == str(gt / "car-shadow")
+    assert info.value.message.startswith(
+        "ground truth of sequence 'car-shadow' has no object: the pixels of its 4 scored frames are only 0 and 255, "
+        "and 255 is read as void (DAVIS-2017 convention), not as an object; to score binary 0/255 masks"
+    )
+    assert "--binary" in info.value.message
+    assert main(["evaluate", "--gt", str(gt), "--pred", str(pred), "--out", str(tmp_path / "csv")]) == 2
+    assert f"{gt / 'car-shadow'}: ground truth of sequence 'car-shadow' has no object" in caplog.text
+    assert "Traceback" not in caplog.text and not (tmp_path / "csv").exists()
+    empty, _ = _binary_folders(davis_root, tmp_path / "empty", 0, 1)
+    with pytest.raises(MaskError, match="has no object: every pixel of its 4 scored frames is 0"):
+        evaluate_folders(empty, pred, processes=1)
+
+
+def test_parity_mode_first_frame_of_0_255_says_how_to_score_it(small_case, tmp_path):
+    root, pred = small_case
+    for path in (root / "Annotations" / "480p" / "car-shadow").glob("*.png"):
+        save_png(path, (np.asarray(Image.open(path)) > 0).astype(np.uint8) * 255)
+    with pytest.raises(MaskError, match="has no object: its pixels are only 0 and 255, and 255 is void; .*--binary"):
+        evaluate_davis(root, pred, processes=1)
+
+
+def test_binary_option_scores_0_255_masks_as_one_object(davis_root, tmp_path, capsys):
+    from vidprop.cli import main
+
+    gt255, pred1 = _binary_folders(davis_root, tmp_path / "a", 255, 1)
+    gt1, pred255 = _binary_folders(davis_root, tmp_path / "b", 1, 255)
+    reference = evaluate_folders(gt1, pred1, processes=1)  # the same masks as ids 0/1, scored as usual
+    assert [o.name for o in reference.objects] == ["car-shadow_1"] and 0.5 < reference.j_mean < 0.99
+    for gt, pred in ((gt255, pred1), (gt255, pred255), (gt1, pred255)):
+        scores = evaluate_folders(gt, pred, binary=True, processes=2)
+        assert [o.name for o in scores.objects] == ["car-shadow_1"]
+        assert scores.global_stats() == reference.global_stats()
+    assert evaluate_folders(gt255, gt1, binary=True, processes=1).j_and_f_mean == 1.0  # perfect 0/1 prediction
+    out = tmp_path / "csv"
+    assert main(["evaluate", "--gt", str(gt255), "--pred", str(pred1), "--binary", "--out", str(out), "--processes", "1"]) == 0
+    row = (out / "per-sequence_results-val.csv").read_text().splitlines()[1]
+    assert row == "car-shadow_1,%.3f,%.3f" % (reference.j_mean, reference.f_mean)
+    # A mask with two non-zero values is not binary: an error naming the file, not a guess.
+    soft = pred1 / "car-shadow" / "00003.png"
+    ids = np.asarray(Image.open(soft)).copy()
+    ids[ids == 1][:10] = 0
+    ids[:2, :2] = 7
+    save_png(soft, ids)
+    with pytest.raises(MaskError, match="prediction has 2 different non-zero values \\(1, 7\\)") as info:
+        evaluate_folders(gt255, pred1, binary=True, processes=1)
+    assert info.value.path == str(soft)
+    with pytest.raises(ConfigError, match="binary"):
+        evaluate_folders(gt255, pred1, binary=True, ignore_void=True)
+    assert main(["evaluate", "--davis-root", str(davis_root), "--results", str(pred1), "--binary"]) == 2
+
+
+def test_evaluate_after_a_sequences_run_names_every_missing_sequence(short_sequence, tmp_path, capsys, caplog):
+    # `vidprop davis --sequences libby`, then the README's `vidprop evaluate` on the whole split:
+    # exit 2, listing every sequence not run and the flag that scores the ones present.
+    from vidprop.cli import main
+
+    short_sequence("car-shadow", 4)
+    short_sequence("dog", 4)
+    root = short_sequence("libby", 4)
+    out = tmp_path / "results"
+    lab = str(Path(__file__).resolve().parents[1] / "configs" / "davis2017_lab.yaml")
+    run = ["davis", "--davis-root", str(root), "--set", "val", "--out", str(out), "--config", lab, "--short-side", "64"]
+    assert main([*run, "--sequences", "libby"]) == 0
+    capsys.readouterr()
+    evaluate = ["evaluate", "--davis-root", str(root), "--results", str(out), "--set", "val", "--processes", "1"]
+    assert main(evaluate) == 2
+    assert (
+        f"{out}: no predictions for 2 of the 3 sequences (car-shadow, dog); each needs a folder "
+        "<results>/<sequence>/ of PNGs. To score only the 1 sequence(s) present, add --sequences libby or --skip-missing"
+    ) in caplog.text
+    assert main([*evaluate, "--sequences", "libby", "--out", str(tmp_path / "subset")]) == 0
+    assert main([*evaluate, "--skip-missing", "--out", str(tmp_path / "present")]) == 0
+    assert "Skipped (no predictions): car-shadow, dog" in capsys.readouterr().out
+    subset = (tmp_path / "subset" / "global_results-val.csv").read_text()
+    assert subset == (tmp_path / "present" / "global_results-val.csv").read_text()
+    libby = evaluate_davis(root, out, sequences=["libby"], processes=1)
+    assert subset.splitlines()[1] == ",".join("%.3f" % v for v in libby.global_stats().values())
+
+
+SCRIPT_WITHOUT_MAIN_GUARD = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+logging.getLogger("vidprop").setLevel(logging.DEBUG)
+print("BODY RUN", flush=True)
+
+from vidprop import evaluate_davis
+
+root, pred, frames, mask, lab = sys.argv[1:6]
+first = evaluate_davis(root, pred, processes=2)      # torch not imported yet: forked workers
+
+from vidprop import load_config, propagate_video
+
+config = load_config(lab, ["data.short_side=64"])
+masks = [out.mask for out in propagate_video(frames, mask, config)]   # torch's threads now run
+second = evaluate_davis(root, pred, processes=2)     # forking is unsafe now: threads
+print("SCORES", repr(first.j_and_f_mean), repr(second.j_and_f_mean), len(masks), flush=True)
+"""
+
+
+def test_script_without_main_guard_never_reruns_or_hangs(short_sequence, tmp_path):
+    # As the README shows it: propagate_video, then evaluate_davis, at a script's top level. Start
+    # methods that re-import __main__ (spawn, forkserver) re-ran the script in every worker and hung.
+    import subprocess
+    import sys
+
+    short_sequence("libby", 12)
+    root = short_sequence("car-shadow", 12)  # two sequences of 10 scored frames: two chunks, two workers
+    pred = tmp_path / "pred"
+    for t, path in enumerate(sorted((root / "Annotations" / "480p").glob("*/*.png"))):
+        save_png(pred / path.parent.name / path.name, perturb("erode", np.asarray(Image.open(path)), t))
+    script = tmp_path / "my_script.py"
+    script.write_text(SCRIPT_WITHOUT_MAIN_GUARD)
+    frames = root / "JPEGImages" / "480p" / "car-shadow"
+    mask = root / "Annotations" / "480p" / "car-shadow" / "00000.png"
+    lab = Path(__file__).resolve().parents[1] / "configs" / "davis2017_lab.yaml"
+    argv = [sys.executable, str(script), str(root), str(pred), str(frames), str(mask), str(lab)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=tmp_path)  # a hang guard only
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("BODY RUN") == 1, proc.stdout
+    expected = evaluate_davis(root, pred, processes=1).j_and_f_mean
+    assert proc.stdout.splitlines()[-1] == f"SCORES {expected!r} {expected!r} 12"
+    assert "in 2 processes" in proc.stderr and "in 2 threads" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_scoring_falls_back_to_this_thread_when_workers_cannot_start(subset_root, osvos_root, monkeypatch, caplog):
+    import threading
+
+    from vidprop.scoring import evaluate as ev
+
+    reference = evaluate_davis(subset_root, osvos_root, processes=1)
+
+    def no_fork():
+        raise OSError(11, "Resource temporarily unavailable")
+
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING, logger="vidprop"):
+        patch.setattr(ev, "_fork_is_safe", lambda: True)
+        patch.setattr(os, "fork", no_fork)
+        forked = evaluate_davis(subset_root, osvos_root, processes=2)
+    assert "scoring workers (processes) could not run" in caplog.text
+    caplog.clear()
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING, logger="vidprop"):
+        patch.setattr(ev, "_fork_is_safe", lambda: False)
+        patch.setattr(threading.Thread, "start", no_thread)
+        threaded = evaluate_davis(subset_root, osvos_root, processes=2)
+    assert "scoring workers (threads) could not run" in caplog.text
+    for scores in (forked, threaded):
+        for a, b in zip(scores.objects, reference.objects):
+            np.testing.assert_array_equal(a.j, b.j)
+            np.testing.assert_array_equal(a.f, b.f)

@@ -15,7 +15,12 @@ Score predicted masks with the DAVIS-2017 J&F measures. With --davis-root and --
 numbers are those of the official semi-supervised evaluation (davis2017-evaluation), exactly;
 with --gt and --pred any two folders of <seq>/<frame>.png are scored, objects being all the ids
 found in them. Writes global_results-<set>.csv and per-sequence_results-<set>.csv (official
-names and columns, 3 decimals) into --out, always recomputed, and prints a table."""
+names and columns, 3 decimals) into --out, always recomputed, and prints a table.
+
+Frame order: DAVIS parity mode sorts frame names as text, as the official tool does (10.png
+before 2.png; a warning says when names are not zero-padded); generic mode sorts them naturally.
+Missing sequences are an error that lists them all; after a run of some sequences only, score
+those with --sequences A,B (or --skip-missing). 255 is void; binary 0/255 masks need --binary."""
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -32,6 +37,12 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--ignore-void", action="store_true", help="leave ground-truth void (255) pixels out of J and F (default: background)"
     )
     generic.add_argument("--score-first-last", action="store_true", help="also score the first and the last frame")
+    generic.add_argument(
+        "--binary",
+        action="store_true",
+        help="binary masks (DAVIS-2016 style, 0/255 or 0/1): every non-zero pixel, 255 included, is the one object "
+        "(default: 255 is void and ids are objects)",
+    )
     parser.add_argument("--out", metavar="DIR", help="folder for the CSVs (default: the predictions folder, as the official tool)")
     parser.add_argument("--processes", type=int, metavar="N", help="worker processes (default: one per CPU core)")
     parser.add_argument(
@@ -54,10 +65,11 @@ def _check_mode(args: argparse.Namespace) -> bool:
         raise ConfigError("generic mode needs both --gt and --pred", key="--gt/--pred")
     if generic and args.sequences:
         raise ConfigError("--sequences only applies to --davis-root/--results", key="--sequences")
-    if davis and (args.ignore_void or args.score_first_last):
+    if davis and (args.ignore_void or args.score_first_last or args.binary):
         raise ConfigError(
-            "--ignore-void and --score-first-last only apply to --gt/--pred (DAVIS parity mode follows the official tool)",
-            key="--ignore-void/--score-first-last",
+            "--ignore-void, --score-first-last and --binary only apply to --gt/--pred (DAVIS parity mode follows the "
+            "official tool)",
+            key="--ignore-void/--score-first-last/--binary",
         )
     return davis
 
@@ -71,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         processes=args.processes,
         on_missing_sequence="skip" if args.skip_missing else "error",
         skip_first_last=not args.score_first_last,
+        binary=args.binary,
     )
     if parity:
         sequences = [s for s in args.sequences.split(",") if s] if args.sequences else None
@@ -80,7 +93,13 @@ def run(args: argparse.Namespace) -> int:
         pred_dir = args.results
     else:
         scores = evaluate_folders(
-            args.gt, args.pred, config.ignore_void, config.processes, config.on_missing_sequence, config.skip_first_last
+            args.gt,
+            args.pred,
+            config.ignore_void,
+            config.processes,
+            config.on_missing_sequence,
+            config.skip_first_last,
+            binary=config.binary,
         )
         pred_dir = args.pred
     out = Path(args.out if args.out is not None else pred_dir)

@@ -31,8 +31,14 @@ class ScoringConfig:
     skip_first_last: bool = option(
         True, help="generic folders only: do not score the first and the last frame (DAVIS semi-supervised protocol)"
     )
+    binary: bool = option(
+        False,
+        help="generic folders only: binary masks (DAVIS-2016 style, 0/255 or 0/1), every non-zero pixel (255 included) "
+        "is the one object; otherwise 255 is void",
+    )
 
     def __post_init__(self):
+        check(not (self.binary and self.ignore_void), "binary", self.binary, "false when ignore_void is true (binary masks have no void)")
         check(self.processes is None or self.processes >= 1, "processes", self.processes, "None or an integer >= 1")
         check(
             self.on_missing_sequence in ON_MISSING_CHOICES,

@@ -4,25 +4,36 @@ Two entry points:
 
 * :func:`evaluate_davis` gives exactly the numbers of the official DAVIS-2017 semi-supervised
   evaluation (davisvideochallenge/davis2017-evaluation, ``--task semi-supervised``): sequences
-  from ``ImageSets/2017/<split>.txt``, ground truth from ``Annotations/480p/<seq>/*.png``, the first
-  and last frame not scored, objects = ids ``1..N`` with ``N`` the largest id of the first
-  ground-truth frame, void (255) counted as background.
-* :func:`evaluate_folders` scores any two folders of sequences: objects are the union of the ids
-  found in the scored ground-truth and prediction frames (ids may be non-contiguous), and void can be
-  left out of the measures (``ignore_void``).
+  from ``ImageSets/2017/<split>.txt``, ground truth from ``Annotations/480p/<seq>/*.png`` in the
+  official tool's frame order (names sorted as strings, so ``10.png`` comes before ``2.png``; a
+  warning says so when that differs from natural order), the first and last frame not scored,
+  objects = ids ``1..N`` with ``N`` the largest id of the first ground-truth frame, void (255)
+  counted as background.
+* :func:`evaluate_folders` scores any two folders of sequences, frames in natural order: objects
+  are the union of the ids found in the scored ground-truth and prediction frames (ids may be
+  non-contiguous), and void can be left out of the measures (``ignore_void``); ``binary`` reads
+  binary masks (DAVIS-2016 style 0/255) as one object.
 
 Both check the whole layout (every sequence and every prediction file) before decoding a single
 mask, and name the file at fault when a mask has the wrong size or an unknown object id.
+
+Work is spread over frame chunks: in forked worker processes when forking is safe (this process
+is single-threaded and has not started torch's thread pools), otherwise in threads, whose work
+(PNG inflate, the numpy and OpenCV measures) mostly runs without the GIL. Neither re-imports the
+caller's ``__main__``, so a script without ``if __name__ == "__main__":`` is safe; when workers
+cannot start, scoring runs in the calling thread.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import multiprocessing
 import os
 import sys
 import threading
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -30,7 +41,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from vidprop.config_base import check
-from vidprop.errors import DavisLayoutError, InputError, MaskError, ShapeError, SourceError
+from vidprop.errors import ConfigError, DavisLayoutError, InputError, MaskError, ShapeError, SourceError
+from vidprop.io.frames import natural_key
 from vidprop.io.davis import read_split
 from vidprop.io.masks import VOID_ID, list_mask_files
 from vidprop.log import progress
@@ -134,6 +146,14 @@ class DavisScores:
 
 
 @dataclass(frozen=True)
+class _Options:
+    """How frames are read into objects (generic folders only; DAVIS parity mode uses neither)."""
+
+    ignore_void: bool = False  # leave ground-truth void pixels out of J and F
+    binary: bool = False  # every non-zero pixel is the one object (DAVIS-2016 style 0/255 masks)
+
+
+@dataclass(frozen=True)
 class _SequenceJob:
     """The scored frames of one sequence and how to read their objects."""
 
@@ -145,11 +165,19 @@ class _SequenceJob:
     num_objects: int | None  # DAVIS parity: ids 1..N; None: ids found in the frames
 
 
-def _first_objects(path: Path) -> tuple[int, tuple[int, int]]:
-    """Largest object id (void counted as background) and (H, W) of a ground-truth frame."""
+BINARY_HINT = (
+    "to score binary 0/255 masks (DAVIS-2016 style), use --gt/--pred with --binary "
+    "(Python: evaluate_folders(..., binary=True)), which reads every non-zero pixel as the one object"
+)
+
+
+def _first_objects(path: Path) -> tuple[int, tuple[int, int], bool]:
+    """Largest object id (void counted as background), (H, W) and whether void is present, of a
+    ground-truth frame."""
     ids = read_ids(path)
-    present = np.flatnonzero(np.bincount(ids.ravel(), minlength=256)[:VOID_ID])
-    return int(present[-1]) if len(present) else 0, ids.shape
+    counts = np.bincount(ids.ravel(), minlength=256)
+    present = np.flatnonzero(counts[:VOID_ID])
+    return int(present[-1]) if len(present) else 0, ids.shape, bool(counts[VOID_ID])
 
 
 def _plan_sequence(
@@ -172,9 +200,10 @@ def _plan_sequence(
             f"prediction missing for {len(missing)} of the {len(scored)} scored frames of sequence {name!r} ({shown})",
             pred_dir / missing[0],
         )
-    num_objects, size = _first_objects(gt_files[0]) if parity else (None, read_ids(gt_files[0]).shape)
+    num_objects, size, void = _first_objects(gt_files[0]) if parity else (None, read_ids(gt_files[0]).shape, False)
     if parity and num_objects == 0:
-        raise MaskError(f"the first ground-truth frame of sequence {name!r} has no object", gt_files[0])
+        why = f": its pixels are only 0 and {VOID_ID}, and {VOID_ID} is void; {BINARY_HINT}" if void else ""
+        raise MaskError(f"the first ground-truth frame of sequence {name!r} has no object{why}", gt_files[0])
     return _SequenceJob(
         name=name,
         frames=tuple(p.stem for p in scored),
@@ -185,26 +214,65 @@ def _plan_sequence(
     )
 
 
+def _official_order(sequences: list[tuple[str, list[Path], Path]]) -> list[tuple[str, list[Path], Path]]:
+    """Ground-truth frames in the official tool's order, names sorted as strings (it sorts the paths
+    with ``np.sort``), with one warning for the sequences where that is not their natural order."""
+    out, unpadded = [], []
+    for name, gt_files, pred_dir in sequences:
+        ordered = sorted(gt_files, key=lambda p: p.name)
+        if ordered != sorted(gt_files, key=lambda p: natural_key(p.name)):
+            unpadded.append((name, ordered))
+        out.append((name, ordered, pred_dir))
+    if unpadded:
+        name, ordered = unpadded[0]
+        logger.warning(
+            "%s: frame names are not zero-padded in %d sequence(s) (%s). DAVIS parity mode orders frames as the "
+            "official tool does, by name as text (%s), so the first and the last (unscored) frames are %s and %s "
+            "and Decay follows that order. Rename the frames zero-padded (00000.png, ...) to score them in time "
+            "order, or use --gt/--pred, which orders frames naturally.",
+            ordered[0].parent.parent, len(unpadded), ", ".join(n for n, _ in unpadded),
+            ", ".join(p.stem for p in ordered[:4]) + ", ...", ordered[0].name, ordered[-1].name,
+        )  # fmt: skip
+    return out
+
+
+def _missing_message(missing: list[str], present: list[str], total: int, parity: bool) -> str:
+    shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    message = f"no predictions for {len(missing)} of the {total} sequences ({shown}); each needs a folder <results>/<sequence>/ of PNGs"
+    if not present:
+        return message + " (is this the right results folder?)"
+    subset = f"--sequences {','.join(present)} or " if parity else ""
+    return (
+        f"{message}. To score only the {len(present)} sequence(s) present, add {subset}--skip-missing "
+        f"(Python: {'sequences=[...] or ' if parity else ''}on_missing='skip')"
+    )
+
+
 def _plan(
     sequences: Iterable[tuple[str, list[Path], Path]], parity: bool, skip_first_last: bool, on_missing: str
 ) -> tuple[list[_SequenceJob], list[str]]:
-    """Plan every ``(name, ground-truth PNGs, prediction folder)``; missing folders per ``on_missing``."""
+    """Plan every ``(name, ground-truth PNGs, prediction folder)``; missing folders per ``on_missing``.
+
+    Every sequence is checked first, so that an error lists all the missing ones at once.
+    """
     check(on_missing in ON_MISSING_CHOICES, "on_missing", on_missing, " or ".join(map(repr, ON_MISSING_CHOICES)))
+    sequences = list(sequences)
+    if parity:
+        sequences = _official_order(sequences)
+    missing = [(name, pred_dir) for name, _, pred_dir in sequences if not pred_dir.is_dir()]
+    if missing and on_missing == "error":
+        present = [name for name, _, pred_dir in sequences if pred_dir.is_dir()]
+        names = [name for name, _ in missing]
+        raise SourceError(_missing_message(names, present, len(sequences), parity), missing[0][1].parent)
     jobs, skipped = [], []
     for name, gt_files, pred_dir in sequences:
         if not pred_dir.is_dir():
-            if on_missing == "skip":
-                logger.warning("%s: no predictions for sequence %r; skipped", pred_dir, name)
-                skipped.append(name)
-                continue
-            raise SourceError(
-                f"no predictions for sequence {name!r} (expected a folder of PNGs; use on_missing='skip' "
-                "or --skip-missing to score the other sequences)",
-                pred_dir,
-            )
+            logger.warning("%s: no predictions for sequence %r; skipped", pred_dir, name)
+            skipped.append(name)
+            continue
         jobs.append(_plan_sequence(name, gt_files, pred_dir, parity, skip_first_last))
     if not jobs:
-        raise SourceError("no sequence to score: the predictions of every sequence are missing", pred_dir.parent)
+        raise SourceError("no sequence to score: the predictions of every sequence are missing", sequences[-1][2].parent)
     return jobs, skipped
 
 
@@ -250,32 +318,44 @@ def _folder_sequences(gt_root: Path) -> list[tuple[str, list[Path]]]:
 
 
 # --------------------------------------------------------------------------------------------
-# Scoring work (runs in worker processes)
+# Scoring work (runs in worker processes or threads)
 
 _WORKER: dict = {}
 
 
-def _init_worker(jobs: list[_SequenceJob], ignore_void: bool, single_process: bool) -> None:
+def _init_worker(jobs: list[_SequenceJob], options: _Options, own_process: bool) -> None:
     _WORKER["jobs"] = jobs
-    _WORKER["ignore_void"] = ignore_void
-    if not single_process:
+    _WORKER["options"] = options
+    if own_process:
         import cv2
 
         cv2.setNumThreads(1)  # parallelism comes from the processes
 
 
-def _object_ids_in(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Ids other than background and void present in either map."""
+def _histogram(ids: np.ndarray) -> np.ndarray:
+    """(256,) pixel count of every value of a uint8 map."""
     import cv2
 
-    counts = cv2.calcHist([np.ascontiguousarray(gt)], [0], None, [256], [0, 256]).ravel()
-    counts += cv2.calcHist([np.ascontiguousarray(pred)], [0], None, [256], [0, 256]).ravel()
-    counts[[0, VOID_ID]] = 0
-    return np.flatnonzero(counts)
+    return cv2.calcHist([np.ascontiguousarray(ids)], [0], None, [256], [0, 256]).ravel()
 
 
-def _score_frame(job: _SequenceJob, index: int, ignore_void: bool) -> tuple[np.ndarray, list[float], list[float]]:
-    """Object ids and their J, F in scored frame ``index`` of ``job`` (ids absent from both maps are left out)."""
+def _binary(ids: np.ndarray, counts: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """0/1 map of a binary mask (one non-zero value, whichever it is)."""
+    values = np.flatnonzero(counts[1:]) + 1
+    if len(values) > 1:
+        shown = ", ".join(map(str, values[:8])) + (", ..." if len(values) > 8 else "")
+        raise MaskError(
+            f"{what} has {len(values)} different non-zero values ({shown}), but binary scoring reads masks of one "
+            "object (0 and one other value, e.g. 255 or 1); soft or anti-aliased masks must be thresholded first, "
+            "multi-object masks scored without --binary",
+            path,
+        )
+    return (ids != 0).view(np.uint8)
+
+
+def _score_frame(job: _SequenceJob, index: int, options: _Options) -> tuple[np.ndarray, list[float], list[float], bool, bool]:
+    """Object ids and their J, F in scored frame ``index`` of ``job`` (ids absent from both maps are
+    left out), and whether the ground truth has an object pixel and a void pixel there."""
     gt_path, pred_path = job.gt_paths[index], job.pred_paths[index]
     gt, pred = read_ids(gt_path), read_ids(pred_path)
     (h, w), (gh, gw) = job.size, gt.shape
@@ -294,14 +374,22 @@ def _score_frame(job: _SequenceJob, index: int, ignore_void: bool) -> tuple[np.n
                 pred_path,
             )
         ids = np.arange(1, job.num_objects + 1)
+        gt_object, gt_void = True, False
     else:
-        ids = _object_ids_in(gt, pred)
-        if ignore_void:
-            void = gt == VOID_ID
-            if not void.any():
-                void = None
+        gt_counts, pred_counts = _histogram(gt), _histogram(pred)
+        if options.binary:
+            gt, pred = _binary(gt, gt_counts, gt_path, "ground truth"), _binary(pred, pred_counts, pred_path, "prediction")
+            ids = np.ones(1, np.int64)
+            gt_object, gt_void = bool(gt_counts[1:].any()), False
+        else:
+            counts = gt_counts + pred_counts
+            counts[[0, VOID_ID]] = 0
+            ids = np.flatnonzero(counts)
+            gt_object, gt_void = bool(gt_counts[1:VOID_ID].any()), bool(gt_counts[VOID_ID])
+            if options.ignore_void and gt_void:
+                void = gt == VOID_ID
     js, fs = frame_measures(gt, pred, ids, boundary_radius(gt.shape), void)
-    return ids, js, fs
+    return ids, js, fs, gt_object, gt_void
 
 
 def _score_chunk(task: tuple[int, int, int]):
@@ -309,16 +397,20 @@ def _score_chunk(task: tuple[int, int, int]):
     seq, start, stop = task
     job = _WORKER["jobs"][seq]
     frames, ids, js, fs = [], [], [], []
+    gt_object = gt_void = False
     try:
         for i in range(start, stop):
-            frame_ids, frame_j, frame_f = _score_frame(job, i, _WORKER["ignore_void"])
+            frame_ids, frame_j, frame_f, has_object, has_void = _score_frame(job, i, _WORKER["options"])
             frames.extend([i] * len(frame_ids))
             ids.extend(frame_ids)
             js.extend(frame_j)
             fs.extend(frame_f)
+            gt_object |= has_object
+            gt_void |= has_void
     except InputError as exc:  # exceptions with a path do not survive pickling: send the parts
         return "error", (type(exc), exc.message, exc.path)
-    return "ok", (seq, np.asarray(frames, np.int64), np.asarray(ids, np.int64), np.asarray(js), np.asarray(fs))
+    arrays = (np.asarray(frames, np.int64), np.asarray(ids, np.int64), np.asarray(js), np.asarray(fs))
+    return "ok", (seq, *arrays, gt_object, gt_void)
 
 
 def _default_processes() -> int:
@@ -332,20 +424,18 @@ def _default_processes() -> int:
 _THREADED_LIBRARIES = ("torch", "tensorflow", "jax", "decord")
 
 
-def _pool_context():
-    """Fork when this process is plainly single-threaded (fast: nothing to import again);
-    otherwise a fork server. Forking a process whose threads hold locks (a prefetch thread, a
-    progress-bar monitor, torch's OpenMP pool, a previous pool's handlers) can deadlock the
-    children, and native thread pools are invisible to ``threading``, hence the module check."""
-    methods = multiprocessing.get_all_start_methods()
-    clean = threading.active_count() == 1 and not any(m in sys.modules for m in _THREADED_LIBRARIES)
-    if "fork" in methods and clean:
-        return multiprocessing.get_context("fork")
-    if "forkserver" in methods:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        return context
-    return multiprocessing.get_context("spawn")
+def _fork_is_safe() -> bool:
+    """Whether worker processes may be forked: fork is available and this process is plainly
+    single-threaded. Forking a process whose threads hold locks (a prefetch thread, a progress-bar
+    monitor, torch's OpenMP pool) can deadlock the children; native thread pools are invisible to
+    ``threading``, hence the module check. The other start methods (spawn, forkserver) re-import
+    the caller's ``__main__`` in every worker, which re-runs a script that has no
+    ``if __name__ == "__main__":`` guard, so they are never used."""
+    return (
+        "fork" in multiprocessing.get_all_start_methods()
+        and threading.active_count() == 1
+        and not any(m in sys.modules for m in _THREADED_LIBRARIES)
+    )
 
 
 def _chunks(jobs: list[_SequenceJob], processes: int) -> list[tuple[int, int, int]]:
@@ -361,18 +451,38 @@ def _chunks(jobs: list[_SequenceJob], processes: int) -> list[tuple[int, int, in
     return sorted(tasks, key=lambda t: t[1] - t[2])
 
 
-def _run(jobs: list[_SequenceJob], ignore_void: bool, processes: int | None) -> list:
+def _executor(kind: str, workers: int, jobs: list[_SequenceJob], options: _Options) -> concurrent.futures.Executor:
+    if kind == "processes":
+        context = multiprocessing.get_context("fork")
+        return concurrent.futures.ProcessPoolExecutor(workers, context, _init_worker, (jobs, options, True))
+    _init_worker(jobs, options, own_process=False)
+    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="vidprop-scoring")
+
+
+def _run(jobs: list[_SequenceJob], options: _Options, processes: int | None) -> list:
+    """Every chunk's result, up to the first input error: in forked processes when that is safe,
+    else in threads; in the calling thread for ``processes=1`` or when no worker can start."""
     processes = processes or _default_processes()
     tasks = _chunks(jobs, processes)
-    processes = min(processes, len(tasks))
-    if processes == 1:
-        _init_worker(jobs, ignore_void, single_process=True)
-        try:
-            return _until_error(map(_score_chunk, tasks), len(tasks))
-        finally:
-            _WORKER.clear()
-    with _pool_context().Pool(processes, initializer=_init_worker, initargs=(jobs, ignore_void, False)) as pool:
-        return _until_error(pool.imap_unordered(_score_chunk, tasks), len(tasks))  # leaving terminates the pool
+    workers = min(processes, len(tasks))
+    try:
+        if workers > 1:
+            kind = "processes" if _fork_is_safe() else "threads"
+            logger.debug("scoring %d chunks in %d %s", len(tasks), workers, kind)
+            try:
+                with _executor(kind, workers, jobs, options) as executor:
+                    futures = [executor.submit(_score_chunk, task) for task in tasks]
+                    try:
+                        return _until_error((f.result() for f in concurrent.futures.as_completed(futures)), len(tasks))
+                    finally:
+                        for future in futures:
+                            future.cancel()
+            except (OSError, RuntimeError, BrokenProcessPool) as exc:  # fork/thread limits, a killed worker
+                logger.warning("scoring workers (%s) could not run (%s); scoring in this thread instead", kind, exc)
+        _init_worker(jobs, options, own_process=False)
+        return _until_error(map(_score_chunk, tasks), len(tasks))
+    finally:
+        _WORKER.clear()
 
 
 def _until_error(results, total: int) -> list:
@@ -385,7 +495,20 @@ def _until_error(results, total: int) -> list:
     return out
 
 
-def _collect(jobs: list[_SequenceJob], results: list) -> list[ObjectScores]:
+def _no_object_error(job: _SequenceJob, options: _Options, void: bool) -> MaskError:
+    frames = f"its {len(job.frames)} scored frames"
+    if options.binary:
+        return MaskError(f"ground truth of sequence {job.name!r} has no object: every pixel of {frames} is 0", job.gt_paths[0].parent)
+    if void:
+        return MaskError(
+            f"ground truth of sequence {job.name!r} has no object: the pixels of {frames} are only 0 and {VOID_ID}, "
+            f"and {VOID_ID} is read as void (DAVIS-2017 convention), not as an object; {BINARY_HINT}",
+            job.gt_paths[0].parent,
+        )
+    return MaskError(f"ground truth of sequence {job.name!r} has no object: every pixel of {frames} is 0", job.gt_paths[0].parent)
+
+
+def _collect(jobs: list[_SequenceJob], results: list, options: _Options) -> list[ObjectScores]:
     per_seq: list[list] = [[] for _ in jobs]
     for status, payload in results:
         if status == "error":
@@ -394,7 +517,10 @@ def _collect(jobs: list[_SequenceJob], results: list) -> list[ObjectScores]:
         per_seq[payload[0]].append(payload[1:])
     objects = []
     for job, parts in zip(jobs, per_seq):
-        frames, ids, js, fs = (np.concatenate(a) for a in zip(*parts))
+        frames, ids, js, fs, gt_object, gt_void = zip(*parts)
+        if not any(gt_object):
+            raise _no_object_error(job, options, any(gt_void))
+        frames, ids, js, fs = (np.concatenate(a) for a in (frames, ids, js, fs))
         object_ids = np.arange(1, job.num_objects + 1) if job.num_objects is not None else np.unique(ids)
         # Objects absent from both maps of a frame score 1 there (empty union, two empty boundaries).
         j = np.ones((len(object_ids), len(job.frames)))
@@ -406,10 +532,10 @@ def _collect(jobs: list[_SequenceJob], results: list) -> list[ObjectScores]:
     return objects
 
 
-def _evaluate(jobs, skipped, ignore_void, processes, parity) -> DavisScores:
+def _evaluate(jobs, skipped, options: _Options, processes, parity) -> DavisScores:
     frames = sum(len(j.frames) for j in jobs)
     logger.info("scoring %d frames of %d sequences", frames, len(jobs))
-    objects = _collect(jobs, _run(jobs, ignore_void, processes))
+    objects = _collect(jobs, _run(jobs, options, processes), options)
     return DavisScores(objects=tuple(objects), skipped_sequences=tuple(skipped), parity=parity)
 
 
@@ -427,9 +553,10 @@ def evaluate_davis(
         davis_root: DAVIS folder with ``ImageSets/2017/<split>.txt`` and ``Annotations/480p/<seq>/``.
         results_dir: folder with ``<seq>/<frame>.png`` (palette or grayscale PNGs of object ids).
         split: sequence list to score ("val", "train", ...).
-        processes: worker processes (None = one per CPU core, 1 = in this process).
-        on_missing: a sequence without a prediction folder is an ``"error"`` or is ``"skip"`` ped
-            with a warning.
+        processes: parallel workers (None = one per CPU core, 1 = in the calling thread): forked
+            processes when forking is safe, otherwise threads (see the module docstring).
+        on_missing: sequences without a prediction folder are an ``"error"`` (listing all of them)
+            or are ``"skip"`` ped with a warning.
         sequences: score only these sequences of the split (in split order); None = all.
 
     Returns:
@@ -438,21 +565,24 @@ def evaluate_davis(
     Raises:
         DavisLayoutError: no split file, a sequence without ground truth, a ``sequences`` name
             that is not in the split.
-        SourceError: missing results folder or sequence folder (with ``on_missing="error"``), or a
+        SourceError: missing results folder or sequence folders (with ``on_missing="error"``; the
+            message lists every missing sequence and how to score the ones present), or a
             sequence with fewer than 3 frames.
-        MaskError: a missing prediction frame, an unreadable PNG, a prediction id larger than the
-            number of objects in the first ground-truth frame (the official tool prints a message
-            and exits with status 0 and no results there).
-
-    As in the official tool, an id missing from the first frame below the largest one (ids 1 and
-    3) is an object that is absent everywhere, so it scores 1 in every frame the prediction also
-    leaves it out.
+        MaskError: a missing prediction frame, an unreadable or lossy (JPEG) file, a first
+            ground-truth frame without object, a prediction id larger than the number of objects
+            in the first ground-truth frame (the official tool prints a message and exits with
+            status 0 and no results there).
         ShapeError: a prediction whose size differs from its ground truth.
+
+    As in the official tool, frames are taken in the order of their names sorted as text
+    (``10.png`` before ``2.png``; a warning says when that is not the natural order), and an id
+    missing from the first frame below the largest one (ids 1 and 3) is an object that is absent
+    everywhere, so it scores 1 in every frame the prediction also leaves it out.
     """
     results = _check_results_dir(Path(results_dir))
     listed = _davis_sequences(Path(davis_root), split, sequences)
     jobs, skipped = _plan([(name, files, results / name) for name, files in listed], True, True, on_missing)
-    return _evaluate(jobs, skipped, False, processes, parity=True)
+    return _evaluate(jobs, skipped, _Options(), processes, parity=True)
 
 
 def evaluate_folders(
@@ -462,6 +592,7 @@ def evaluate_folders(
     processes: int | None = None,
     on_missing: str = "error",
     skip_first_last: bool = True,
+    binary: bool = False,
 ) -> DavisScores:
     """Score predictions of any dataset laid out as ``<dir>/<seq>/<frame>.png``.
 
@@ -469,7 +600,8 @@ def evaluate_folders(
     ground-truth and prediction frames, so ids may be non-contiguous, objects may appear late, and
     an id only in the predictions counts as an object (scoring 0 where it is predicted). Rows are
     named ``<seq>_<id>``. Sequences are the sub-folders of ``gt_dir`` that hold PNGs (or ``gt_dir``
-    itself if it holds PNGs, then named ""); predictions for other sequences are ignored.
+    itself if it holds PNGs, then named ""); predictions for other sequences are ignored. Frames
+    are taken in natural order (``2.png`` before ``10.png``).
 
     Args:
         gt_dir: ground-truth folder.
@@ -478,14 +610,25 @@ def evaluate_folders(
             its unsupervised task) instead of counting them as background.
         processes, on_missing: as in :func:`evaluate_davis`.
         skip_first_last: do not score the first and the last frame (DAVIS semi-supervised protocol).
+        binary: binary masks (DAVIS-2016 style, 0/255 or 0/1): every non-zero pixel, 255 included,
+            is the one object (row ``<seq>_1``); a mask with two different non-zero values is an
+            error. Without it 255 is void, and a 0/255 ground truth has no object.
 
     Returns:
         Unrounded :class:`DavisScores` with ``parity=False``.
+
+    Raises:
+        MaskError: as :func:`evaluate_davis`, and a sequence whose ground truth has no object in
+            its scored frames (e.g. 0/255 masks without ``binary``; the message says how to score
+            them), or, with ``binary``, a mask with several non-zero values.
+        ConfigError: ``binary`` together with ``ignore_void``.
     """
+    if binary and ignore_void:
+        raise ConfigError("binary masks have no void: give binary or ignore_void, not both", key="binary/ignore_void")
     gt_root, pred_root = Path(gt_dir), _check_results_dir(Path(pred_dir))
     sequences = [
         (name or gt_root.name, files, pred_root / name if name else pred_root) for name, files in _folder_sequences(gt_root)
     ]
     jobs, skipped = _plan(sequences, False, skip_first_last, on_missing)
-    return _evaluate(jobs, skipped, ignore_void, processes, parity=False)
+    return _evaluate(jobs, skipped, _Options(ignore_void, binary), processes, parity=False)
 
