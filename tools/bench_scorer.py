@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -33,9 +34,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The scorer alone: no CSVs, because vidprop.io (atomic_write) currently imports torch.
+# The scorer alone: no CSVs, because vidprop.io (atomic_write) currently imports torch. With a 7th
+# argument "torch", torch runs first: forking is then unsafe and the scorer works in threads.
 SCORER_ONLY = """
 import sys
+if sys.argv[6:] == ["torch"]:
+    import torch
+    torch.ones(256, 256) @ torch.ones(256, 256)
 from vidprop.scoring import evaluate_davis, format_table
 root, results, split, processes, out = sys.argv[1:6]
 scores = evaluate_davis(root, results, split, processes=int(processes))
@@ -54,13 +59,20 @@ def _link_results(results: Path, dest: Path) -> Path:
     return dest
 
 
-def _run(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> tuple[float, str]:
-    start = time.perf_counter()
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process's finished children (and their reaped workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (all threads and worker processes) and stdout of ``cmd``."""
+    start, cpu = time.perf_counter(), _cpu_seconds()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return seconds, proc.stdout
+    return seconds, cpu, proc.stdout
 
 
 def _cpu_model() -> str:
@@ -85,6 +97,9 @@ def main(argv=None) -> int:
         "--extra-vidprop-python", help="also time the scorer under this Python (e.g. one with the optional zlib-ng)"
     )
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--threads", action="store_true", help="also time the scorer after torch has run (it then works in threads)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the timings here")
     args = parser.parse_args(argv)
@@ -97,10 +112,12 @@ def main(argv=None) -> int:
     p = args.processes
     tools: dict[str, callable] = {}
 
-    def vidprop_scorer(processes: int, python: str = sys.executable):
+    def vidprop_scorer(processes: int, python: str = sys.executable, torch_first: bool = False):
         def run():
             out = work / f"vidprop-{processes}"
-            return _run([python, "-c", SCORER_ONLY, str(args.davis_root), str(args.results), args.split, str(processes), str(out)], env=env)
+            extra = ["torch"] if torch_first else []
+            cmd = [python, "-c", SCORER_ONLY, str(args.davis_root), str(args.results), args.split, str(processes), str(out)]
+            return _run(cmd + extra, env=env)
 
         return run
 
@@ -110,6 +127,9 @@ def main(argv=None) -> int:
 
     tools[f"vidprop scorer ({p} proc)"] = vidprop_scorer(p)
     tools["vidprop scorer (1 proc)"] = vidprop_scorer(1)
+    if args.threads:
+        tools[f"vidprop scorer ({p} threads, torch loaded)"] = vidprop_scorer(p, torch_first=True)
+        tools["vidprop scorer (1 thread, torch loaded)"] = vidprop_scorer(1, torch_first=True)
     tools[f"vidprop evaluate CLI ({p} proc)"] = vidprop_cli
     if args.extra_vidprop_python:
         tools[f"vidprop scorer ({p} proc, extra Python)"] = vidprop_scorer(p, args.extra_vidprop_python)
@@ -130,19 +150,22 @@ def main(argv=None) -> int:
         tools[f"vos-benchmark ({p} proc)"] = vos
 
     times: dict[str, list[float]] = {name: [] for name in tools}
+    cpu_times: dict[str, list[float]] = {name: [] for name in tools}
     outputs: dict[str, str] = {}
+    print(f"load avg at start {os.getloadavg()[0]:.1f}", flush=True)
     for r in range(args.repeat):
         for name, fn in tools.items():
-            seconds, out = fn()
+            seconds, cpu, out = fn()
             times[name].append(seconds)
+            cpu_times[name].append(cpu)
             outputs[name] = out
-            print(f"[{r + 1}/{args.repeat}] {name:36s} {seconds:7.2f} s", flush=True)
+            print(f"[{r + 1}/{args.repeat}] {name:40s} {seconds:7.2f} s wall, {cpu:7.2f} s CPU", flush=True)
 
     median = {name: statistics.median(v) for name, v in times.items()}
     print(f"\nmachine: {_cpu_model()}, {os.cpu_count()} logical CPUs, load avg {os.getloadavg()[0]:.1f}; "
-          f"{args.repeat} interleaved runs, medians (min)")
+          f"{args.repeat} interleaved runs, medians (min); CPU = all threads and processes")
     for name in tools:
-        print(f"  {name:36s} {median[name]:7.2f} s  ({min(times[name]):.2f})")
+        print(f"  {name:40s} {median[name]:7.2f} s  ({min(times[name]):.2f}), CPU {statistics.median(cpu_times[name]):.2f} s")
     ratios = {}
     for name in tools:
         if name.startswith("vidprop"):
@@ -159,7 +182,8 @@ def main(argv=None) -> int:
         print("\n".join(outputs["official (1 proc, its only mode)"].splitlines()[-22:-16]))
     print("vidprop:", outputs[f"vidprop scorer ({p} proc)"].strip().splitlines()[-1])
     if args.json:
-        args.json.write_text(json.dumps({"times_s": times, "median_s": median, "ratios": ratios, "processes": p}, indent=1))
+        record = {"times_s": times, "cpu_s": cpu_times, "median_s": median, "ratios": ratios, "processes": p}
+        args.json.write_text(json.dumps(record, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -18,8 +18,8 @@ Both check the whole layout (every sequence and every prediction file) before de
 mask, and name the file at fault when a mask has the wrong size or an unknown object id.
 
 Work is spread over frame chunks: in forked worker processes when forking is safe (this process
-is single-threaded and has not started torch's thread pools), otherwise in threads, whose work
-(PNG inflate, the numpy and OpenCV measures) mostly runs without the GIL. Neither re-imports the
+is single-threaded and has not imported torch), otherwise in threads, whose heavier calls (PNG
+inflate, the larger numpy and OpenCV operations) release the GIL. Neither re-imports the
 caller's ``__main__``, so a script without ``if __name__ == "__main__":`` is safe; when workers
 cannot start, scoring runs in the calling thread.
 """
