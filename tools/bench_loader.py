@@ -38,7 +38,7 @@ from vidprop.io.davis import DavisDataset  # noqa: E402
 from vidprop.io.frames import Frame  # noqa: E402
 from vidprop.io.prefetch import prefetch  # noqa: E402
 from vidprop.io.resize import ResizePolicy  # noqa: E402
-from vidprop.io.video_file import VIDEO_BACKENDS, VideoFileSource  # noqa: E402
+from vidprop.io.video import VIDEO_BACKENDS, VideoFileSource  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,13 +84,12 @@ def write_test_video(davis: DavisDataset, seq: str, folder: Path) -> Path:
 
 def available_backends() -> list[str]:
     names = []
-    for name in VIDEO_BACKENDS:
+    for name, spec in VIDEO_BACKENDS.items():
         try:
-            if name == "decord":
-                import decord  # noqa: F401
-            names.append(name)
+            __import__(spec.module)
         except Exception:
             continue
+        names.append(name)
     return names
 
 

@@ -2,7 +2,7 @@
 
 The names below are loaded lazily (PEP 562), so ``from vidprop.io.atomic import atomic_write``
 or ``from vidprop.io.masks import read_mask`` does not pull in torch or OpenCV, and nothing
-here imports decord until a video is opened.
+here imports a video decoder until a video is opened.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ _EXPORTS = {
     "write_mask": "masks",
     "prefetch": "prefetch",
     "ResizePolicy": "resize",
-    "VideoFileSource": "video_file",
+    "VideoFileSource": "video",
 }
 
 __all__ = sorted(_EXPORTS)

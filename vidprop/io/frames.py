@@ -10,11 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
 from vidprop.errors import SourceError
+
+if TYPE_CHECKING:
+    from vidprop.io.config import DataConfig
 
 __all__ = [
     "Frame",
@@ -95,11 +98,14 @@ def is_image_file(path: str | Path) -> bool:
 
 
 # Registry of path kinds -> source factory, checked in order by open_source().
-_SOURCES: list[tuple[str, Callable[[Path], bool], Callable[[Path], FrameSource]]] = []
+_SOURCES: list[tuple[str, Callable[[Path], bool], Callable[..., FrameSource]]] = []
 
 
 def register_source(kind: str, accepts: Callable[[Path], bool]):
-    """Decorator registering a source factory for paths where ``accepts(path)`` is true."""
+    """Decorator registering ``factory(path, data)`` for paths where ``accepts(path)`` is true.
+
+    ``data`` is the run's :class:`~vidprop.io.config.DataConfig`, or None for its defaults.
+    """
 
     def deco(factory):
         _SOURCES.append((kind, accepts, factory))
@@ -110,14 +116,15 @@ def register_source(kind: str, accepts: Callable[[Path], bool]):
 
 def _ensure_registered() -> None:
     # The sources register themselves on import; importing here avoids an import cycle.
-    from vidprop.io import image_folder, video_file  # noqa: F401
+    from vidprop.io import image_folder, video  # noqa: F401
 
 
-def open_source(path: str | Path) -> FrameSource:
+def open_source(path: str | Path, data: DataConfig | None = None) -> FrameSource:
     """Open a folder of images or a video file as a :class:`FrameSource`.
 
     Args:
         path: a folder of jpg/jpeg/png frames, or a video file (mp4, mov, avi, mkv, webm).
+        data: the data-stage config (``video_backend`` picks the video reader); None for defaults.
 
     Raises:
         SourceError: the path does not exist or is neither a folder nor a video file, or the
@@ -129,7 +136,7 @@ def open_source(path: str | Path) -> FrameSource:
     _ensure_registered()
     for _kind, accepts, factory in _SOURCES:
         if accepts(path):
-            return factory(path)
+            return factory(path, data)
     kinds = ", ".join(kind for kind, _, _ in _SOURCES)
     raise SourceError(
         f"not a folder of images or a video file (expected one of: {kinds}; "

@@ -136,7 +136,6 @@ def read_image(path: str | Path) -> np.ndarray:
     return apply_orientation(array, orientation)
 
 
-@register_source("folder of images", Path.is_dir)
 class ImageFolderSource:
     """Frames from a folder of jpg/jpeg/png files, sorted naturally (``frame2`` before ``frame10``).
 
@@ -218,3 +217,6 @@ class ImageFolderSource:
     def __iter__(self) -> Iterator[Frame]:
         for index in range(len(self.files)):
             yield self.read(index)
+
+
+register_source("folder of images", Path.is_dir)(lambda path, data=None: ImageFolderSource(path))

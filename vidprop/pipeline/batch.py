@@ -217,13 +217,13 @@ def is_finished(job: VideoJob, fingerprint: str) -> bool:
     return True
 
 
-def _open(job: VideoJob) -> FrameSource:
-    return job.source if isinstance(job.source, FrameSource) else open_source(job.source)
+def _open(job: VideoJob, config: VidpropConfig) -> FrameSource:
+    return job.source if isinstance(job.source, FrameSource) else open_source(job.source, config.data)
 
 
-def _preflight(job: VideoJob) -> None:
+def _preflight(job: VideoJob, config: VidpropConfig) -> None:
     """Check a job's source and first mask (cheap: headers and one PNG) before any compute."""
-    read_mask(job.mask, expected_size=_open(job).size)
+    read_mask(job.mask, expected_size=_open(job, config).size)
 
 
 def _failure(job: VideoJob, exc: Exception) -> VideoOutcome:
@@ -241,7 +241,7 @@ def _process(pipe: VideoPipeline, job: VideoJob, fingerprint: str) -> VideoOutco
     cfg = pipe.config
     job.out_dir.mkdir(parents=True, exist_ok=True)
     clear_complete(job.out_dir)
-    source = _open(job)
+    source = _open(job, cfg)
     label_mask = read_mask(job.mask, expected_size=source.size)
     palette = label_mask.palette
     overlay = None
@@ -308,7 +308,7 @@ def run_videos(
             outcomes[job.name] = VideoOutcome(job.name, "skipped")
             continue
         try:
-            _preflight(job)
+            _preflight(job, config)
         except Exception as exc:  # noqa: BLE001 - reported per video, the others go on
             if rt.fail_fast:
                 raise

@@ -64,7 +64,7 @@ def extract(
     for name, path in progress(mine, desc="videos", unit="video"):
         start = time.perf_counter()
         try:
-            frames = path if isinstance(path, FrameSource) else open_source(path)
+            frames = path if isinstance(path, FrameSource) else open_source(path, config.data)
             count = 0
             stream = pipe.frames_with_features(frames, video_id=cache_id(name, frames))
             for _ in progress(stream, total=len(frames), desc=name, unit="frame", leave=False):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
 from vidprop.errors import MaskError, SourceError
 from vidprop.io.frames import Frame, FrameSource, open_source
 from vidprop.io.masks import LabelMask, ObjectIds, no_object_message, read_mask, warn_suspicious_objects
+
+if TYPE_CHECKING:
+    from vidprop.io.config import DataConfig
 
 __all__ = ["ArrayFrameSource", "as_frame_source", "as_label_mask"]
 
@@ -67,10 +70,13 @@ def _check_frame_array(image: Any, index: int) -> np.ndarray:
     return image
 
 
-def as_frame_source(frames_or_path: Any) -> FrameSource:
-    """A path (folder of frames or video file), a FrameSource, or an iterable of (H, W, 3) uint8 arrays."""
+def as_frame_source(frames_or_path: Any, data: DataConfig | None = None) -> FrameSource:
+    """A path (folder of frames or video file), a FrameSource, or an iterable of (H, W, 3) uint8 arrays.
+
+    ``data`` (the data-stage config, None for defaults) is used to open paths.
+    """
     if isinstance(frames_or_path, (str, os.PathLike)):
-        return open_source(frames_or_path)
+        return open_source(frames_or_path, data)
     if isinstance(frames_or_path, FrameSource):
         return frames_or_path
     if isinstance(frames_or_path, np.ndarray) and frames_or_path.ndim == 4:

@@ -151,7 +151,7 @@ class VideoPipeline:
         """Like :meth:`propagate` but also yields each input :class:`Frame` (for overlays)."""
         from vidprop.propagation import LabelPropagator
 
-        source = as_frame_source(frames_or_path)
+        source = as_frame_source(frames_or_path, self.config.data)
         label_mask = as_label_mask(first_mask, source.size)
         object_ids = label_mask.object_ids
         torch.manual_seed(self.config.runtime.seed)
