@@ -9,6 +9,7 @@ is the number of frames the decoder returns; every reader must yield exactly tha
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,53 +92,67 @@ def _probe(path_str: str, _size: int, _mtime_ns: int, _inode: int) -> VideoInfo:
         stream = streams[0]
         if len(streams) > 1:
             logger.warning("%s: %d video streams; reading the first (stream #%d)", path, len(streams), stream.index)
-        count, corrupt, first, matrix = 0, [], None, None
-        try:
-            for frame in container.decode(stream):
-                size = (frame.height, frame.width)
-                if first is None:
-                    first, matrix = size, _display_matrix(frame)
-                elif size != first:
-                    raise SourceError(
-                        f"frame {count} is {size[0]}x{size[1]} but frame 0 is {first[0]}x{first[1]} "
-                        "(videos whose frame size changes are not supported)",
-                        path,
-                    )
-                if frame.is_corrupt:
-                    corrupt.append(count)
-                count += 1
-        except av.error.FFmpegError as exc:
-            raise SourceError(f"cannot decode frame {count} ({exc})", path) from exc
-        if first is None:
-            raise SourceError("cannot decode video (no decodable frames)", path)
-        try:
-            orientation = Orientation.from_display_matrix(matrix)
-        except UnsupportedRotation as exc:
-            raise SourceError(str(exc), path) from exc
-        if corrupt:
-            shown = ", ".join(map(str, corrupt[:10])) + (", ..." if len(corrupt) > 10 else "")
-            logger.warning(
-                "%s: the decoder concealed errors in %d of %d frames (frame %s): parts of them are invented, "
-                "so their masks are unreliable",
-                path, len(corrupt), count, shown,
-            )
-        sar = stream.sample_aspect_ratio
-        if sar is not None and sar.numerator != sar.denominator and sar.numerator > 0:
-            logger.warning(
-                "%s: pixels are not square (sample aspect ratio %d:%d); frames keep their stored size %dx%d",
-                path, sar.numerator, sar.denominator, first[1], first[0],
-            )
+        count, first, matrix, corrupt = _decode_all(container, stream, path)
         rate = stream.average_rate or stream.guessed_rate
-        return VideoInfo(
-            count=count,
-            container_count=stream.frames or None,
-            coded_size=first,
-            size=orientation.displayed_size(first),
-            orientation=orientation,
-            fps=float(rate) if rate else None,
-            stream_index=stream.index,
-            corrupt_frames=tuple(corrupt),
+        container_count = stream.frames or None
+        sar = stream.sample_aspect_ratio
+        stream_index = stream.index
+    # Reading a PyAV frame's side data makes the frame and its side data reference each other, so
+    # frame 0 (megabytes at high resolution) would wait for a full collection, rare in a process
+    # holding torch. Now that the file is closed it is young garbage: collect the young generations.
+    gc.collect(1)
+    try:
+        orientation = Orientation.from_display_matrix(matrix)
+    except UnsupportedRotation as exc:
+        raise SourceError(str(exc), path) from exc
+    if corrupt:
+        shown = ", ".join(map(str, corrupt[:10])) + (", ..." if len(corrupt) > 10 else "")
+        logger.warning(
+            "%s: the decoder concealed errors in %d of %d frames (frame %s): parts of them are invented, "
+            "so their masks are unreliable",
+            path, len(corrupt), count, shown,
         )
+    if sar is not None and sar.numerator != sar.denominator and sar.numerator > 0:
+        logger.warning(
+            "%s: pixels are not square (sample aspect ratio %d:%d); frames keep their stored size %dx%d",
+            path, sar.numerator, sar.denominator, first[1], first[0],
+        )
+    return VideoInfo(
+        count=count,
+        container_count=container_count,
+        coded_size=first,
+        size=orientation.displayed_size(first),
+        orientation=orientation,
+        fps=float(rate) if rate else None,
+        stream_index=stream_index,
+        corrupt_frames=tuple(corrupt),
+    )
+
+
+def _decode_all(container, stream, path: Path):
+    """Decode every frame of ``stream``: (count, frame-0 (H, W), frame-0 display matrix, corrupt indices)."""
+    import av
+
+    count, corrupt, first, matrix = 0, [], None, None
+    try:
+        for frame in container.decode(stream):
+            size = (frame.height, frame.width)
+            if first is None:
+                first, matrix = size, _display_matrix(frame)
+            elif size != first:
+                raise SourceError(
+                    f"frame {count} is {size[0]}x{size[1]} but frame 0 is {first[0]}x{first[1]} "
+                    "(videos whose frame size changes are not supported)",
+                    path,
+                )
+            if frame.is_corrupt:
+                corrupt.append(count)
+            count += 1
+    except av.error.FFmpegError as exc:
+        raise SourceError(f"cannot decode frame {count} ({exc})", path) from exc
+    if first is None:
+        raise SourceError("cannot decode video (no decodable frames)", path)
+    return count, first, matrix, corrupt
 
 
 def clear_cache() -> None:
