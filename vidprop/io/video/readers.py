@@ -2,11 +2,11 @@
 
 Every reader yields (H, W, 3) uint8 RGB frames in displayed orientation and exactly
 :attr:`VideoInfo.count` of them; :class:`~vidprop.io.video.source.VideoFileSource` checks
-both. ``auto`` is PyAV: it alone reads every file of the benchmark in tools/bench_video.py
-correctly (decord fills undecodable frames with copies of their neighbours and ignores
-mirrored display matrices; OpenCV cannot tell a decoder error from the end of the file), it
-has wheels for every platform, and its memory stays flat over hundreds of videos. The
-README's "Data loading" section has the table.
+both. ``auto`` is PyAV, chosen with tools/bench_video.py (table in the README's "Data loading"
+section): PyAV and OpenCV read every test file right and at about the same speed, decord
+refuses two (it ignores mirrored display matrices and fills undecodable frames with copies of
+their neighbours); PyAV holds the least memory, reports decoder errors (OpenCV's ``read()``
+cannot tell them from the end of the file) and has wheels for every platform.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class DecordReader:
             yield reader.next().asnumpy()
 
 
-AUTO_BACKEND = "pyav"  # chosen by tools/bench_video.py, see the module docstring
+AUTO_BACKEND = "pyav"  # measured with tools/bench_video.py: see the module docstring
 BACKEND_CHOICES: tuple[str, ...] = ("auto", *VIDEO_BACKENDS)
 
 _announced: set[str] = set()
