@@ -163,19 +163,59 @@ def test_unreadable_image_header(seq_dir, tmp_path):
     assert info.value.path == str(folder / "00003.jpg")
 
 
-def test_truncated_jpeg_fails_when_decoded(seq_dir, tmp_path):
+def test_truncated_jpeg_in_the_middle_fails_at_opening(seq_dir, tmp_path):
+    # issue 10 item 14: an interrupted copy leaves a JPEG without its EOI marker; opening the
+    # folder (before any frame is decoded or any mask written) refuses it, naming the file.
     folder = tmp_path / "truncated"
     shutil.copytree(seq_dir, folder)
     bad = folder / "00005.jpg"
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
-    source = ImageFolderSource(folder)  # the header is intact: opening succeeds
+    with pytest.raises(SourceError, match="truncated or damaged image: it does not end with the JPEG end marker") as info:
+        ImageFolderSource(folder)
+    assert info.value.path == str(bad)
+
+
+def test_truncated_png_fails_at_opening(seq_dir, tmp_path):
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for jpg in sorted(seq_dir.glob("*.jpg"))[:3]:
+        Image.open(jpg).save(folder / f"{jpg.stem}.png")
+    bad = folder / "00001.png"
+    bad.write_bytes(bad.read_bytes()[:-40])
+    with pytest.raises(SourceError, match="does not end with the PNG end marker") as info:
+        ImageFolderSource(folder)
+    assert info.value.path == str(bad)
+
+
+def test_data_after_the_jpeg_end_marker_is_accepted(seq_dir, tmp_path):
+    # Some cameras append data after EOI: the file decodes, so it is not refused.
+    folder = tmp_path / "trailer"
+    shutil.copytree(seq_dir, folder)
+    odd = folder / "00002.jpg"
+    expected = np.asarray(Image.open(odd).convert("RGB"))
+    odd.write_bytes(odd.read_bytes() + b"camera trailer")
+    source = ImageFolderSource(folder)
+    np.testing.assert_array_equal(source.read(2).image, expected)
+
+
+def test_png_damaged_inside_fails_when_decoded(seq_dir, tmp_path):
+    # Damage inside a complete file (its end marker intact) is found when the frame is decoded.
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    for jpg in sorted(seq_dir.glob("*.jpg"))[:6]:
+        Image.open(jpg).save(folder / f"{jpg.stem}.png")
+    bad = folder / "00004.png"
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    source = ImageFolderSource(folder)  # header and end marker intact: opening succeeds
     seen = []
     with pytest.raises(SourceError, match="cannot decode image") as info:
         for frame in source:
             seen.append(frame.name)
     assert info.value.path == str(bad)
-    assert seen == ["00000", "00001", "00002", "00003", "00004"]
+    assert seen == ["00000", "00001", "00002", "00003"]
 
 
 def test_duplicate_frame_names(seq_dir, tmp_path):
@@ -455,8 +495,7 @@ def test_16bit_truncated_png_names_the_file(tmp_path):
     cv2.imwrite(str(folder / "b.png"), noise)
     data = (folder / "b.png").read_bytes()
     (folder / "b.png").write_bytes(data[: len(data) // 2])  # the header is intact, the pixels are not
-    source = ImageFolderSource(folder)
-    assert source.read(0).image.shape == (64, 64, 3)
-    with pytest.raises(SourceError, match="cannot decode 16-bit PNG") as info:
-        source.read(1)
+    # no IEND chunk: decoded at opening (16-bit path), and refused there
+    with pytest.raises(SourceError, match=r"truncated or damaged image.*cannot decode 16-bit PNG") as info:
+        ImageFolderSource(folder)
     assert info.value.path == str(folder / "b.png")

@@ -173,6 +173,9 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML ({exc})", path=path) from None
     if data is None:
+        # An empty file is as likely a mistake (wrong or truncated file) as a template with every
+        # key commented out: run with the defaults, but never silently.
+        logger.warning("%s: config file is empty (no keys); every option keeps its default", path)
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping of sections at the top level, got {type(data).__name__}", path=path)
@@ -188,7 +191,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Overrides = ()
     Args:
         path: YAML file with any subset of the sections (``data``, ``features``, ``propagation``,
             ``scoring``, ``runtime``); a ``vidprop_version`` key (written by :func:`dump_config`)
-            is accepted and ignored.
+            is accepted and ignored. An empty file (blank or only comments) means the defaults
+            and is logged as a warning.
         overrides: ``"section.key=value"`` strings (values parsed as YAML, so ``10`` is an int,
             ``null`` is None, ``[1, 2]`` a list), ``(dotted_key, value)`` pairs, or a mapping of
             dotted keys to values; applied after the file, in order.

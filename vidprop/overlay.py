@@ -1,8 +1,12 @@
 """Masks blended over their frames, for a person to look at (``--overlay``).
 
 :class:`OverlayWriter` streams frames into ``<out>/overlay.mp4`` (OpenCV, mp4v) or into
-``<out>/overlay/<frame>.png``. The mp4 is written to a temporary file and renamed when the
-video is finished, so an interrupted run leaves no half-written overlay behind.
+``<out>/overlay/<frame>.png``. The mp4 is written to a temporary file (a name unique per
+process, see :func:`~vidprop.io.atomic.temp_path`) and renamed when the video is finished, so
+an interrupted run leaves no half-written overlay behind, and two runs writing into one folder
+do not collide; temporaries of killed runs are removed when the next overlay starts there.
+MPEG-4 needs an even width and height: frames of odd size are padded by repeating their last
+row/column (never cropped), so every frame pixel is in the mp4.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vidprop.io.atomic import remove_stale_temporaries, temp_path
 from vidprop.io.masks import VOID_ID, davis_palette
 
-__all__ = ["blend", "OverlayWriter", "OVERLAY_FORMATS"]
+__all__ = ["blend", "pad_to_even", "OverlayWriter", "OVERLAY_FORMATS"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,17 @@ def blend(image: np.ndarray, ids: np.ndarray, palette: np.ndarray | None = None,
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+def pad_to_even(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) image padded to even H and W by repeating its last row/column (unchanged if even).
+
+    MPEG-4 encoders (OpenCV's mp4v) need even sizes and would otherwise drop the odd row/column.
+    """
+    pad_h, pad_w = image.shape[0] % 2, image.shape[1] % 2
+    if not (pad_h or pad_w):
+        return image
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
 class OverlayWriter:
     """Writes one video's overlay, frame by frame.
 
@@ -65,6 +81,7 @@ class OverlayWriter:
         self.alpha = alpha
         self._writer = None
         self._tmp: Path | None = None
+        self._png_started = False
 
     @property
     def path(self) -> Path:
@@ -75,7 +92,7 @@ class OverlayWriter:
         """Append one frame: (H, W, 3) uint8 RGB ``image`` with (H, W) uint8 ``ids``, named ``name``."""
         blended = blend(image, ids, self.palette, self.alpha)
         if self.fmt == "mp4" and self._open_video(blended.shape[:2]):
-            self._writer.write(np.ascontiguousarray(blended[:, :, ::-1]))
+            self._writer.write(np.ascontiguousarray(pad_to_even(blended)[:, :, ::-1]))
         else:
             self._write_png(blended, name)
 
@@ -85,9 +102,18 @@ class OverlayWriter:
         import cv2
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.out_dir / ".overlay.tmp.mp4"
-        writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (size[1], size[0]))
+        remove_stale_temporaries(self.out_dir)
+        height, width = size[0] + size[0] % 2, size[1] + size[1] % 2
+        if (height, width) != tuple(size):
+            logger.info(
+                "%s: frames are %dx%d (HxW); the mp4 overlay is padded to %dx%d (MPEG-4 needs even sizes)",
+                self.path, size[0], size[1], height, width,
+            )
+        self._tmp = temp_path(self.path)
+        writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
         if not writer.isOpened():
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
             logger.warning("%s: OpenCV cannot write mp4 here; writing the overlay as PNG frames instead", self._tmp)
             self.fmt = "png"
             return False
@@ -99,6 +125,9 @@ class OverlayWriter:
 
         from vidprop.io.atomic import atomic_save
 
+        if not self._png_started:
+            self._png_started = True
+            remove_stale_temporaries(self.path)
         atomic_save(self.path / f"{name}.png", lambda tmp: Image.fromarray(blended).save(tmp, format="PNG"))
 
     def close(self) -> Path:

@@ -7,6 +7,10 @@ On error the temporary file is removed and the destination is left as it was, so
 never sees a half-written file. Files get the mode ``open()`` would give them (0o666 minus the
 umask), so shared result folders and caches are as readable as the user's umask says.
 
+Temporary names (:func:`temp_path`) are unique per process and call and say who made them:
+``.<stem>.<host tag>-<pid>-<random>.tmp<suffix>``. A run killed with SIGKILL cannot remove its
+temporaries; :func:`remove_stale_temporaries` lets the next run remove them, and only them.
+
 A folder of outputs (one video's masks, one video's features) is "complete" only once its
 marker file :data:`COMPLETE_MARKER` exists; :func:`mark_complete` writes it last.
 """
@@ -14,10 +18,14 @@ marker file :data:`COMPLETE_MARKER` exists; :func:`mark_complete` writes it last
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 import secrets
+import socket
+import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -29,6 +37,9 @@ __all__ = [
     "is_complete",
     "read_complete_info",
     "clear_complete",
+    "temp_path",
+    "remove_stale_temporaries",
+    "STALE_TEMP_AGE_S",
 ]
 
 logger = logging.getLogger(__name__)
@@ -36,15 +47,26 @@ logger = logging.getLogger(__name__)
 COMPLETE_MARKER = ".vidprop-complete"
 
 
-def _temp_path(path: Path) -> Path:
+_HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+_TEMP_NAME = re.compile(r"^\..*\.(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)-[0-9a-f]{12}\.tmp(\.[^.]*)?$")
+
+STALE_TEMP_AGE_S = 24 * 3600
+"""A temporary not modified for this long is stale whoever made it (a live writer touches its
+file at least once per frame; this covers runs on another host sharing the folder)."""
+
+
+def temp_path(path: str | os.PathLike) -> Path:
     """A fresh, unused temporary path in ``path``'s folder that keeps ``path``'s suffix.
 
-    The file is created here with mode 0o666 minus the umask, as ``open()`` creates files, so
+    The file is created empty with mode 0o666 minus the umask, as ``open()`` creates files, so
     the renamed result is readable by whoever the umask lets read it (``tempfile.mkstemp``
-    would make every output 0o600). The random part makes the name unique per process and call.
+    would make every output 0o600). The name holds a tag of this host, this process's id and a
+    random part: unique per process and call, and recognisable by :func:`remove_stale_temporaries`.
+    The caller renames or removes it.
     """
+    path = Path(path)
     for _ in range(100):
-        name = path.parent / f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}"
+        name = path.parent / f".{path.stem}.{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(6)}.tmp{path.suffix}"
         try:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         except FileExistsError:
@@ -52,6 +74,59 @@ def _temp_path(path: Path) -> Path:
         os.close(fd)
         return name
     raise FileExistsError(f"{path.parent}: no unused temporary file name found for {path.name}")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (POSIX; elsewhere assume it does)."""
+    if os.name != "posix":
+        return True  # os.kill would terminate it on Windows: rely on the age rule there
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None) -> list[Path]:
+    """Remove temporaries that runs killed before they could clean up left in ``folder``.
+
+    Only files named by :func:`temp_path` are considered, and one is removed only when its
+    process is known to be dead (same host, pid no longer running) or it has not been modified
+    for :data:`STALE_TEMP_AGE_S` seconds. Another live run's temporaries are never touched
+    (a reused pid keeps a file until the age rule applies). Errors (a file removed meanwhile,
+    a read-only folder) are ignored.
+
+    Returns:
+        The removed paths.
+    """
+    folder = Path(folder)
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_AGE_S
+            dead = match["host"] == _HOST_TAG and not _pid_alive(int(match["pid"]))
+            if old or dead:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    if removed:
+        logger.info("%s: removed %d temporary file(s) left by an interrupted run", folder, len(removed))
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -98,7 +173,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) 
     path.parent.mkdir(parents=True, exist_ok=True)
     if "b" not in mode and "encoding" not in open_kwargs:
         open_kwargs["encoding"] = "utf-8"
-    tmp = _temp_path(path)
+    tmp = temp_path(path)
     try:
         with open(tmp, "w" + mode[1:], **open_kwargs) as fh:
             yield fh
@@ -148,7 +223,7 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
+    tmp = temp_path(path)
     try:
         writer(tmp)
         if not tmp.is_file():

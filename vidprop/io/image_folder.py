@@ -63,24 +63,64 @@ def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(_ORIENT[orientation](array))
 
 
-def _png_bit_depth(path: Path) -> int | None:
-    """Sample depth from a PNG's IHDR (the first chunk), or None for other files."""
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
+_JPEG_END = b"\xff\xd9"  # the EOI marker
+
+
+def _ends(path: Path) -> tuple[bytes, bytes]:
+    """The first 26 and the last 12 bytes of a file (one open, two small reads)."""
     with open(path, "rb") as fh:
         head = fh.read(26)
+        fh.seek(0, 2)
+        fh.seek(max(0, fh.tell() - len(_PNG_END)))
+        return head, fh.read()
+
+
+def _png_bit_depth(head: bytes) -> int | None:
+    """Sample depth from a PNG's IHDR (the first chunk, in ``head``), or None for other files."""
     if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
         return None
     return head[24]
 
 
+def _ends_as_written(fmt: str | None, tail: bytes) -> bool:
+    """Whether a file ends with its format's end marker (PNG IEND chunk, JPEG EOI); a truncated
+    file (an interrupted copy or download) does not."""
+    if fmt == "PNG":
+        return tail.endswith(_PNG_END)
+    if fmt in ("JPEG", "MPO"):
+        return tail.endswith(_JPEG_END)
+    return True
+
+
+def _check_complete(path: Path, fmt: str | None, tail: bytes) -> None:
+    """Raise :class:`SourceError` for a truncated frame: no end marker and the data does not decode.
+
+    Files without the end marker are decoded in full before being refused, since some cameras
+    append data after a JPEG's EOI marker.
+    """
+    if _ends_as_written(fmt, tail):
+        return
+    try:
+        read_image(path)
+    except SourceError as exc:
+        raise SourceError(
+            f"truncated or damaged image: it does not end with the {fmt} end marker and does not decode ({exc.message})",
+            path,
+        ) from None
+
+
 def _header(path: Path) -> tuple[tuple[int, int], int, bool]:
-    """Displayed (H, W), EXIF orientation and whether the file is a 16-bit PNG, without decoding pixels."""
+    """Displayed (H, W), EXIF orientation and whether the file is a 16-bit PNG, without decoding
+    pixels; a file that does not end with its format's end marker is decoded (see :func:`_check_complete`)."""
     try:
         with Image.open(path) as img:
-            (width, height), orientation = img.size, exif_orientation(img)
-        deep = _png_bit_depth(path) == 16
+            (width, height), orientation, fmt = img.size, exif_orientation(img), img.format
+        head, tail = _ends(path)
     except Exception as exc:  # PIL raises several types for broken or foreign files
         raise SourceError(f"cannot read image header ({exc})", path) from exc
-    return ((width, height) if orientation >= 5 else (height, width)), orientation, deep
+    _check_complete(path, fmt, tail)
+    return ((width, height) if orientation >= 5 else (height, width)), orientation, _png_bit_depth(head) == 16
 
 
 def _scale_16_to_8(array: np.ndarray) -> np.ndarray:
@@ -122,7 +162,7 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             orientation = exif_orientation(img)
-            if img.format == "PNG" and _png_bit_depth(path) == 16:
+            if img.format == "PNG" and _png_bit_depth(_ends(path)[0]) == 16:
                 array = _read_png16(path)
             else:
                 img.load()
@@ -139,8 +179,11 @@ def read_image(path: str | Path) -> np.ndarray:
 class ImageFolderSource:
     """Frames from a folder of jpg/jpeg/png files, sorted naturally (``frame2`` before ``frame10``).
 
-    Opening reads every file's header (cheap) to check that all frames have one size; pixels
-    are decoded only while iterating.
+    Opening reads every file's header and its last bytes (cheap: no pixel is decoded) to check
+    that all frames have one size and that none is truncated (a PNG must end with its IEND
+    chunk, a JPEG with its EOI marker; a file that does not is decoded in full, and refused if
+    that fails). Damage inside a complete file (corrupt compressed data) is found only when the
+    frame is decoded, while iterating.
 
     Args:
         path: the folder. Files with other extensions, hidden files and sub-folders are ignored.
@@ -154,7 +197,7 @@ class ImageFolderSource:
 
     Raises:
         SourceError: missing path, not a folder, no images, two files with the same stem,
-            an unreadable header, or frames of different sizes.
+            an unreadable header, a truncated file, or frames of different sizes.
     """
 
     def __init__(self, path: str | Path):

@@ -36,6 +36,7 @@ __all__ = [
     "LabelMask",
     "davis_palette",
     "read_label_image",
+    "check_mask_file",
     "list_mask_files",
     "read_mask",
     "write_mask",
@@ -72,10 +73,30 @@ _NOT_LOSSLESS = {
 }
 
 
+def check_mask_file(path: str | Path) -> Path:
+    """``path`` as a Path if it is a file; else a :class:`MaskError` saying what it is instead.
+
+    A folder gets a message that says so and what to give instead: one of its PNGs as the
+    first-frame mask of one video, or the folder as ``--masks`` for a folder of videos.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        pngs = list_mask_files(path)
+        example = f", e.g. --mask {pngs[0]}" if pngs else ""
+        raise MaskError(
+            "is a folder, not a mask file: --mask takes the first frame's mask, one PNG file"
+            f"{example}; masks of many videos (DIR/<video>.png or DIR/<video>/<first frame>.png) "
+            "go with --masks DIR and a SOURCE folder of videos",
+            path,
+        )
+    raise MaskError("mask file does not exist", path)
+
+
 def _read_label_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(H, W) uint8 ids and the (256, 3) palette of a 'P' image (None for grayscale)."""
-    if not path.is_file():
-        raise MaskError("mask file does not exist", path)
+    check_mask_file(path)
     try:
         with Image.open(path) as img:
             if img.format != "PNG":

@@ -15,7 +15,7 @@ from vidprop.config import VidpropConfig, dump_config, result_fingerprint
 from vidprop.errors import ConfigError, MaskError, SourceError, VidpropError
 from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info
 from vidprop.io.frames import FrameSource, is_image_file, is_video_file, natural_key, open_source
-from vidprop.io.masks import list_mask_files, read_mask, write_mask
+from vidprop.io.masks import check_mask_file, list_mask_files, read_mask, write_mask
 from vidprop.log import progress
 from vidprop.pipeline.runtime import resolve_runtime
 from vidprop.pipeline.video import VideoPipeline
@@ -172,9 +172,7 @@ def find_videos(
             if masks_dir is None:
                 raise MaskError("give the first frame's mask with --mask FILE", path)
             mask = _first_mask_in(Path(masks_dir), name)
-        if not Path(mask).is_file():
-            raise MaskError("mask file does not exist", mask)
-        return [VideoJob(name=name, source=path, mask=Path(mask), out_dir=out_dir)]
+        return [VideoJob(name=name, source=path, mask=check_mask_file(mask), out_dir=out_dir)]
     if masks_dir is None:
         raise MaskError(
             f"this folder holds {len(videos)} videos: give their first-frame masks with --masks DIR "
