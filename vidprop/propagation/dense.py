@@ -92,8 +92,10 @@ def dense_to_mask(soft: Tensor, stride: int, size: tuple[int, int]) -> np.ndarra
 class DensePropagator:
     """Same interface as :class:`~vidprop.propagation.LabelPropagator`, computed densely.
 
-    The context is the first frame plus a queue of the last ``n_last_frames`` frames, kept as
-    (normalised features, soft labels) pairs in the reference's order.
+    The context is the permanent frames (the first frame, then each keyframe) plus a queue of
+    the last ``n_last_frames`` propagated frames, kept as (normalised features, labels) pairs
+    in the reference's order. A keyframe with new label channels pads every stored frame's
+    labels with zeros in them.
     """
 
     def __init__(self, config: PropagationConfig | None = None):
@@ -104,28 +106,50 @@ class DensePropagator:
         """(C, h, w) features and (K, h, w) one-hot labels of frame 0."""
         dtype = self.config.torch_dtype
         self._size = tuple(first_features.shape[1:])
-        self._first = (self._cells(first_features.to(dtype)), first_labels.to(dtype).flatten(1).T)
+        self._permanent = [(self._cells(first_features.to(dtype)), first_labels.to(dtype).flatten(1).T)]
         self._queue: deque = deque(maxlen=self.config.n_last_frames)
 
     @staticmethod
     def _cells(features: Tensor) -> Tensor:
         return normalize_cells(features).flatten(0, 1)  # (h*w, C)
 
-    @torch.inference_mode()
-    def step(self, features: Tensor) -> Tensor:
-        """(C, h, w) features of the next frame -> (K, h, w) soft labels."""
+    def _propagate(self, target: Tensor) -> Tensor:
         cfg = self.config
-        target = self._cells(features.to(cfg.torch_dtype))
-        pairs = [self._first, *self._queue]
+        pairs = [*self._permanent, *self._queue]
         hw = target.shape[0]
         n = len(pairs)
-        soft = dense_propagate(
+        return dense_propagate(
             target, torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]), self._size,
             topk=min(cfg.topk, n * hw), radius=cfg.radius, temperature=cfg.temperature,
         )
-        if cfg.n_last_frames > 0:
+
+    @torch.inference_mode()
+    def step(self, features: Tensor) -> Tensor:
+        """(C, h, w) features of the next frame -> (K, h, w) soft labels."""
+        target = self._cells(features.to(self.config.torch_dtype))
+        soft = self._propagate(target)
+        if self.config.n_last_frames > 0:
             self._queue.append((target, soft))
         return soft.T.reshape(-1, *self._size)
+
+    @torch.inference_mode()
+    def predict(self, features: Tensor) -> Tensor:
+        """(C, h, w) features -> (K, h, w) soft labels, the context unchanged."""
+        return self._propagate(self._cells(features.to(self.config.torch_dtype))).T.reshape(-1, *self._size)
+
+    @torch.inference_mode()
+    def add_keyframe(self, features: Tensor, labels: Tensor) -> None:
+        """A permanent context frame with given (K', h, w) labels, K' >= K."""
+        dtype = self.config.torch_dtype
+        k = labels.shape[0]
+
+        def padded(pair):
+            cells, lab = pair
+            return cells, F.pad(lab, (0, k - lab.shape[1]))
+
+        self._permanent = [padded(p) for p in self._permanent]
+        self._queue = deque((padded(p) for p in self._queue), maxlen=self.config.n_last_frames)
+        self._permanent.append((self._cells(features.to(dtype)), labels.to(dtype).flatten(1).T))
 
     def to_mask(self, soft: Tensor, stride: int, size: tuple[int, int]) -> np.ndarray:
         """See :func:`dense_to_mask`."""

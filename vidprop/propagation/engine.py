@@ -1,10 +1,13 @@
 """LabelPropagator: carries the first frame's labels forward, one frame per :meth:`step`.
 
-The context of target frame t is a list of permanent frames (today the first frame, with its
-ground-truth one-hot labels) plus a window of the last ``n_last_frames`` frames before t (features
-and their soft labels, the raw output of :meth:`step`). Each frame is L2-normalised once, when it
-enters. The context lives in ``S`` slots of a backend's store; permanent frames keep their slots,
-and a recent frame reuses the slot of the oldest one once the window is full.
+The context of target frame t is a list of permanent frames (the first frame and every keyframe
+added with :meth:`LabelPropagator.add_keyframe`, with their given labels) plus a window of the
+last ``n_last_frames`` propagated frames before t (features and their soft labels, the raw output
+of :meth:`step`). Each frame is L2-normalised once, when it enters. The context lives in slots
+of a backend's store; the slots in use are always the first ones, permanent frames keep theirs,
+and a recent frame reuses the slot of the oldest one once the window is full. A keyframe that
+brings new objects adds label channels; the frames already in the context get 0 in them ("not
+this object"), as XMem/Cutie treat objects that first appear in a later mask.
 
 Two backends compute a step with the same semantics (the reference's kept set, ties included,
 and its weights); :func:`_choose_backend` picks one:
@@ -69,36 +72,48 @@ def _one_torch_thread():
 
 @dataclass
 class _Slots:
-    """Which store slots hold the context: permanent frames, then a window of recent frames.
+    """Which store slots hold the context: permanent frames and a window of recent frames.
+
+    The slots in use are always ``0 .. used - 1``: a new frame takes slot ``used`` until the
+    window is full, then a recent frame takes the oldest recent frame's slot. A permanent frame
+    added later takes slot ``used`` too (the store grows to hold it).
 
     Attributes:
-        capacity: S, slots in the store.
         window: n_last_frames, the most recent frames kept.
         permanent: slots of permanent frames, in order of arrival.
         recent: slots of recent frames, oldest first.
     """
 
-    capacity: int
     window: int
     permanent: list[int] = field(default_factory=list)
     recent: list[int] = field(default_factory=list)
+
+    @property
+    def used(self) -> int:
+        """Slots in use (they are ``0 .. used - 1``)."""
+        return len(self.permanent) + len(self.recent)
+
+    @property
+    def capacity(self) -> int:
+        """Slots the store needs: the permanent frames plus a full window."""
+        return len(self.permanent) + self.window
 
     def active(self) -> list[int]:
         """Context slots of the next step, permanent first."""
         return self.permanent + self.recent
 
     def add_permanent(self) -> int:
-        """Slot for a new permanent frame (before any recent frame)."""
-        assert not self.recent and len(self.permanent) + self.window < self.capacity
-        self.permanent.append(len(self.permanent))
-        return self.permanent[-1]
+        """Slot for a new permanent frame (the store must have ``capacity`` slots afterwards)."""
+        slot = self.used
+        self.permanent.append(slot)
+        return slot
 
     def next_recent(self) -> int | None:
         """Slot the next propagated frame is written to (None when the window is 0)."""
         if self.window == 0:
             return None
         if len(self.recent) < self.window:
-            return len(self.permanent) + len(self.recent)
+            return self.used
         return self.recent[0]
 
     def push_recent(self, slot: int) -> None:
@@ -108,11 +123,50 @@ class _Slots:
         self.recent.append(slot)
 
 
-class _TorchBackend:
+def _grown(tensor: Tensor, dim: int, size: int, zero: bool) -> Tensor:
+    """``tensor`` enlarged along ``dim`` to ``size`` (new entries 0 if ``zero``, else undefined)."""
+    shape = list(tensor.shape)
+    old, shape[dim] = shape[dim], size
+    out = (tensor.new_zeros if zero else tensor.new_empty)(shape)
+    out.narrow(dim, 0, old).copy_(tensor)
+    return out
+
+
+class _Store:
+    """Growth shared by the backends: ``features`` and ``labels`` hold slots along ``slot_dim``
+    and label channels along their last dimension."""
+
+    slot_dim: int
+    features: Tensor
+    labels: Tensor
+
+    @property
+    def slots(self) -> int:
+        return self.features.shape[self.slot_dim]
+
+    @property
+    def channels(self) -> int:
+        return self.labels.shape[-1]
+
+    def reserve(self, slots: int, k: int) -> None:
+        """Make room for ``slots`` slots and ``k`` label channels (new channels are 0 in every slot).
+
+        Slots grow by a quarter at least, so that many keyframes cost few copies.
+        """
+        if slots > self.slots:
+            size = max(slots, self.slots + max(4, self.slots // 4))
+            self.features = _grown(self.features, self.slot_dim, size, zero=False)
+            self.labels = _grown(self.labels, self.slot_dim, size, zero=False)
+        if k > self.channels:
+            self.labels = _grown(self.labels, self.labels.dim() - 1, k, zero=True)
+
+
+class _TorchBackend(_Store):
     """Block layout of :mod:`vidprop.propagation.kernels`: features (nbr, nbc, S, M, C), labels
     (nbr, nbc, S, M, K); any device and dtype. The active slots must be the first n of the store."""
 
     name = "torch"
+    slot_dim = 2
 
     def __init__(self, cfg: PropagationConfig, grid_size: tuple[int, int], slots: int, channels: int, k: int,
                  device: torch.device, dtype: torch.dtype):
@@ -144,10 +198,11 @@ class _TorchBackend:
         return from_blocks(soft, self.grid)
 
 
-class _FusedBackend:
+class _FusedBackend(_Store):
     """Cell layout of :mod:`vidprop.propagation.fused`: features (S, C, h, w), labels (S, h*w, K); CPU, float32."""
 
     name = "fused"
+    slot_dim = 0
 
     def __init__(self, cfg: PropagationConfig, grid_size: tuple[int, int], slots: int, channels: int, k: int,
                  device: torch.device, dtype: torch.dtype):
@@ -258,8 +313,11 @@ def _check_features(features: Tensor, what: str) -> None:
         raise ShapeError(f"{what}: {bad} NaN or infinite values (features must be finite)")
 
 
-def _check_onehot(labels: Tensor, grid_size: tuple[int, int]) -> None:
-    what = "first_labels"
+# A keyframe's soft labels (first-appearance masks merge propagated labels) sum to 1 up to rounding.
+_SUM_TOLERANCE = 1e-4
+
+
+def _check_labels(labels: Tensor, grid_size: tuple[int, int], what: str, min_channels: int, onehot: bool) -> None:
     if not isinstance(labels, Tensor):
         raise ShapeError(f"{what}: expected a torch.Tensor of shape (K, h, w), got {type(labels).__name__}")
     if labels.dim() != 3:
@@ -267,22 +325,32 @@ def _check_onehot(labels: Tensor, grid_size: tuple[int, int]) -> None:
     if tuple(labels.shape[1:]) != grid_size:
         raise ShapeError(f"{what}: grid {tuple(labels.shape[1:])} differs from the first frame's feature grid {grid_size} "
                          "(resize the label map to the feature grid with NEAREST first)")
-    if not 1 <= labels.shape[0] <= MAX_CHANNELS:
-        raise ShapeError(f"{what}: {labels.shape[0]} label channels (expected 1 to {MAX_CHANNELS})")
+    if not max(1, min_channels) <= labels.shape[0] <= MAX_CHANNELS:
+        fewer = f" (the context already has {min_channels}: channels are never removed)" if min_channels > 1 else ""
+        raise ShapeError(f"{what}: {labels.shape[0]} label channels (expected {max(1, min_channels)} to {MAX_CHANNELS}){fewer}")
     values = labels.float()
-    binary = bool(((values == 0) | (values == 1)).all())
-    if not binary or not bool((values.sum(dim=0) == 1).all()):
-        raise ShapeError(f"{what}: not one-hot (every cell needs exactly one channel equal to 1, the others 0)")
+    if onehot:
+        binary = bool(((values == 0) | (values == 1)).all())
+        if not binary or not bool((values.sum(dim=0) == 1).all()):
+            raise ShapeError(f"{what}: not one-hot (every cell needs exactly one channel equal to 1, the others 0)")
+    elif not bool(torch.isfinite(values).all()) or bool((values < 0).any()) or \
+            float((values.sum(dim=0) - 1).abs().max()) > _SUM_TOLERANCE:
+        raise ShapeError(f"{what}: not a label distribution (every cell needs values >= 0 summing to 1)")
 
 
 class LabelPropagator:
     """Top-k affinity label propagation with the exact semantics of DINO/DIFT's DAVIS evaluation.
+
+    Keyframes (masks given on later frames) extend it: :meth:`add_keyframe` puts a frame with
+    given labels into the context permanently, as the first frame is, and may add channels for
+    new objects.
 
     Example:
         >>> prop = LabelPropagator(PropagationConfig())
         >>> prop.reset(first_features, first_labels)      # (C, h, w), (K, h, w) one-hot
         >>> soft = prop.step(features)                    # (K, h, w) for the next frame
         >>> mask = prop.to_mask(soft, stride=8, size=(480, 854))
+        >>> prop.add_keyframe(features_t, labels_t)       # a mask given at a later frame t
     """
 
     def __init__(self, config: PropagationConfig | None = None):
@@ -299,8 +367,13 @@ class LabelPropagator:
 
     @property
     def num_context(self) -> int:
-        """Frames the next :meth:`step` uses as context (first frame included); 0 before reset."""
+        """Frames the next :meth:`step` uses as context (permanent frames included); 0 before reset."""
         return 0 if self._slots is None else len(self._slots.active())
+
+    @property
+    def num_labels(self) -> int:
+        """K, label channels of the current video (background included); 0 before reset."""
+        return 0 if self._backend is None else self._backend.channels
 
     @property
     def backend(self) -> str | None:
@@ -321,20 +394,36 @@ class LabelPropagator:
         """
         _check_features(first_features, "first_features")
         grid_size = tuple(first_features.shape[1:])
-        _check_onehot(first_labels, grid_size)
+        _check_labels(first_labels, grid_size, "first_labels", 1, onehot=True)
         cfg = self.config
         device = torch.device(cfg.device) if cfg.device is not None else first_features.device
         dtype = cfg.torch_dtype
         channels, k = first_features.shape[0], first_labels.shape[0]
         name = _choose_backend(cfg, device, dtype, channels)
         self._backend = None  # free the previous video's context before allocating
-        slots = _Slots(capacity=1 + cfg.n_last_frames, window=cfg.n_last_frames)
-        backend = _BACKENDS[name](cfg, grid_size, slots.capacity, channels, k, device, dtype)
+        slots = _Slots(window=cfg.n_last_frames)
+        backend = _BACKENDS[name](cfg, grid_size, 1 + slots.window, channels, k, device, dtype)
         cells = normalize_cells(first_features.to(device=device, dtype=dtype))
         backend.store(slots.add_permanent(), cells, first_labels.to(device=device, dtype=dtype).permute(1, 2, 0))
         self._backend, self._slots, self._size, self._channels = backend, slots, grid_size, channels
         logger.debug("propagation reset: grid %s, %d channels, %d labels, %d context slots on %s/%s, %s backend",
-                     grid_size, channels, k, slots.capacity, device, dtype, name)
+                     grid_size, channels, k, backend.slots, device, dtype, name)
+
+    def _target(self, features: Tensor, what: str) -> Tensor:
+        """Checked, normalised (h, w, C) cells of a frame of the current video."""
+        if self._backend is None:
+            raise ShapeError(f"{what} before reset(): call reset(first_features, first_labels) first")
+        _check_features(features, "features")
+        if features.shape[0] != self._channels:
+            raise ShapeError(f"features: {features.shape[0]} channels, but the first frame has {self._channels}")
+        if tuple(features.shape[1:]) != self._size:
+            raise ShapeError(f"features: grid {tuple(features.shape[1:])} differs from the first frame's {self._size}")
+        store = self._backend.features
+        return normalize_cells(features.to(device=store.device, dtype=store.dtype))
+
+    def _threads(self):
+        fused_backend = self._backend is not None and self._backend.name == "fused"
+        return _one_torch_thread() if fused_backend else contextlib.nullcontext()
 
     @torch.inference_mode()
     def step(self, features: Tensor) -> Tensor:
@@ -349,23 +438,55 @@ class LabelPropagator:
         Raises:
             ShapeError: no :meth:`reset` yet, mismatched channels or grid, non-finite values.
         """
-        backend, slots = self._backend, self._slots
-        if backend is None:
-            raise ShapeError("step() before reset(): call reset(first_features, first_labels) first")
-        _check_features(features, "features")
-        if features.shape[0] != self._channels:
-            raise ShapeError(f"features: {features.shape[0]} channels, but the first frame has {self._channels}")
-        if tuple(features.shape[1:]) != self._size:
-            raise ShapeError(f"features: grid {tuple(features.shape[1:])} differs from the first frame's {self._size}")
-        store = backend.features
-        with _one_torch_thread() if backend.name == "fused" else contextlib.nullcontext():
-            cells = normalize_cells(features.to(device=store.device, dtype=store.dtype))
+        with self._threads():
+            cells = self._target(features, "step()")
+            backend, slots = self._backend, self._slots
             soft = backend.step(cells, slots.active())
             slot = slots.next_recent()
             if slot is not None:
                 backend.store(slot, cells, soft)
                 slots.push_recent(slot)
             return soft.permute(2, 0, 1).contiguous()
+
+    @torch.inference_mode()
+    def predict(self, features: Tensor) -> Tensor:
+        """The soft labels :meth:`step` would return, without adding the frame to the context.
+
+        Used for a frame whose mask is given for some objects only (a first-appearance mask):
+        the propagated labels of the others are merged with it, then the frame goes to
+        :meth:`add_keyframe`. Arguments, result and errors as :meth:`step`.
+        """
+        with self._threads():
+            cells = self._target(features, "predict()")
+            return self._backend.step(cells, self._slots.active()).permute(2, 0, 1).contiguous()
+
+    @torch.inference_mode()
+    def add_keyframe(self, features: Tensor, labels: Tensor) -> None:
+        """Add a frame with given labels to the context permanently (a keyframe).
+
+        The frame stays in the context of every later step, like the first frame; it does not
+        enter the window of recent frames. Use it instead of :meth:`step` for a frame whose mask
+        is given: the mask replaces the propagated labels there.
+
+        Args:
+            features: (C, h, w) float tensor of the frame, same C and grid as the first.
+            labels: (K', h, w) float tensor at the same grid, K' >= K: one-hot for an annotated
+                frame (or, for a first-appearance mask, per-cell distributions summing to 1).
+                Channels K..K'-1 are new objects; every frame already in the context counts as
+                0 in them ("not this object"), and later steps return K' channels.
+
+        Raises:
+            ShapeError: no :meth:`reset` yet, mismatched channels or grid, non-finite features,
+                fewer than K channels, or labels that are not distributions.
+        """
+        with self._threads():
+            cells = self._target(features, "add_keyframe()")
+            _check_labels(labels, self._size, "labels", self.num_labels, onehot=False)
+            backend, slots = self._backend, self._slots
+            slot = slots.add_permanent()
+            backend.reserve(slots.capacity, labels.shape[0])
+            backend.store(slot, cells, labels.to(device=backend.labels.device, dtype=backend.labels.dtype).permute(1, 2, 0))
+        logger.debug("keyframe added: %d permanent frames, %d labels", len(slots.permanent), labels.shape[0])
 
     def to_mask(self, soft: Tensor, stride: int, size: tuple[int, int]) -> np.ndarray:
         """Channel map of one frame at the original frame size (see :func:`labels_to_mask`)."""
