@@ -29,7 +29,9 @@ class ScoringConfig:
         "error", help="a sequence without a prediction folder: 'error' (default) or 'skip' it with a warning"
     )
     skip_first_last: bool = option(
-        True, help="generic folders only: do not score the first and the last frame (DAVIS semi-supervised protocol)"
+        True,
+        help="generic folders only: do not score the first and the last frame, nor the frame where an object first "
+        "appears in the ground truth (its given frame; DAVIS semi-supervised protocol)",
     )
     binary: bool = option(
         False,

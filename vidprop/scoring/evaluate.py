@@ -11,8 +11,9 @@ Two entry points:
   counted as background.
 * :func:`evaluate_folders` scores any two folders of sequences, frames in natural order: objects
   are the union of the ids found in the scored ground-truth and prediction frames (ids may be
-  non-contiguous), and void can be left out of the measures (``ignore_void``); ``binary`` reads
-  binary masks (DAVIS-2016 style 0/255) as one object.
+  non-contiguous), each object is scored from the frame after the one where its ground truth
+  first appears (objects may enter late, as in YouTube-VOS), and void can be left out of the
+  measures (``ignore_void``); ``binary`` reads binary masks (DAVIS-2016 style 0/255) as one object.
 
 Both check the whole layout (every sequence and every prediction file) before decoding a single
 mask, and name the file at fault when a mask has the wrong size or an unknown object id.
@@ -163,6 +164,8 @@ class _SequenceJob:
     pred_paths: tuple[Path, ...]
     size: tuple[int, int]  # (H, W) of the first ground-truth frame
     num_objects: int | None  # DAVIS parity: ids 1..N; None: ids found in the frames
+    given: bool = False  # generic: each object's first ground-truth frame is the given one, not scored
+    first_ids: tuple[int, ...] = ()  # generic, given: non-zero values of the (unscored) first ground-truth frame
 
 
 BINARY_HINT = (
@@ -200,7 +203,14 @@ def _plan_sequence(
             f"prediction missing for {len(missing)} of the {len(scored)} scored frames of sequence {name!r} ({shown})",
             pred_dir / missing[0],
         )
-    num_objects, size, void = _first_objects(gt_files[0]) if parity else (None, read_ids(gt_files[0]).shape, False)
+    first_ids: tuple[int, ...] = ()
+    if parity:
+        num_objects, size, void = _first_objects(gt_files[0])
+    else:
+        first = read_ids(gt_files[0])
+        num_objects, size, void = None, first.shape, False
+        if skip_first_last:
+            first_ids = tuple(int(i) for i in np.flatnonzero(np.bincount(first.ravel(), minlength=256)[1:]) + 1)
     if parity and num_objects == 0:
         why = f": its pixels are only 0 and {VOID_ID}, and {VOID_ID} is void; {BINARY_HINT}" if void else ""
         raise MaskError(f"the first ground-truth frame of sequence {name!r} has no object{why}", gt_files[0])
@@ -211,6 +221,8 @@ def _plan_sequence(
         pred_paths=tuple(pred_dir / p.name for p in scored),
         size=tuple(size),
         num_objects=num_objects,
+        given=skip_first_last and not parity,
+        first_ids=first_ids,
     )
 
 
@@ -353,9 +365,9 @@ def _binary(ids: np.ndarray, counts: np.ndarray, path: Path, what: str) -> np.nd
     return (ids != 0).view(np.uint8)
 
 
-def _score_frame(job: _SequenceJob, index: int, options: _Options) -> tuple[np.ndarray, list[float], list[float], bool, bool]:
+def _score_frame(job: _SequenceJob, index: int, options: _Options) -> tuple[np.ndarray, list[float], list[float], np.ndarray, bool]:
     """Object ids and their J, F in scored frame ``index`` of ``job`` (ids absent from both maps are
-    left out), and whether the ground truth has an object pixel and a void pixel there."""
+    left out), whether the ground truth has each of them there, and whether it has a void pixel."""
     gt_path, pred_path = job.gt_paths[index], job.pred_paths[index]
     gt, pred = read_ids(gt_path), read_ids(pred_path)
     (h, w), (gh, gw) = job.size, gt.shape
@@ -374,43 +386,43 @@ def _score_frame(job: _SequenceJob, index: int, options: _Options) -> tuple[np.n
                 pred_path,
             )
         ids = np.arange(1, job.num_objects + 1)
-        gt_object, gt_void = True, False
+        in_gt, gt_void = np.ones(len(ids), bool), False
     else:
         gt_counts, pred_counts = _histogram(gt), _histogram(pred)
         if options.binary:
             gt, pred = _binary(gt, gt_counts, gt_path, "ground truth"), _binary(pred, pred_counts, pred_path, "prediction")
             ids = np.ones(1, np.int64)
-            gt_object, gt_void = bool(gt_counts[1:].any()), False
+            in_gt, gt_void = np.array([gt_counts[1:].any()]), False
         else:
             counts = gt_counts + pred_counts
             counts[[0, VOID_ID]] = 0
             ids = np.flatnonzero(counts)
-            gt_object, gt_void = bool(gt_counts[1:VOID_ID].any()), bool(gt_counts[VOID_ID])
+            in_gt, gt_void = gt_counts[ids] > 0, bool(gt_counts[VOID_ID])
             if options.ignore_void and gt_void:
                 void = gt == VOID_ID
     js, fs = frame_measures(gt, pred, ids, boundary_radius(gt.shape), void)
-    return ids, js, fs, gt_object, gt_void
+    return ids, js, fs, in_gt, gt_void
 
 
 def _score_chunk(task: tuple[int, int, int]):
     """Score frames ``start:stop`` of job ``seq``; returns arrays, or the input error to re-raise."""
     seq, start, stop = task
     job = _WORKER["jobs"][seq]
-    frames, ids, js, fs = [], [], [], []
-    gt_object = gt_void = False
+    frames, ids, js, fs, gt = [], [], [], [], []
+    gt_void = False
     try:
         for i in range(start, stop):
-            frame_ids, frame_j, frame_f, has_object, has_void = _score_frame(job, i, _WORKER["options"])
+            frame_ids, frame_j, frame_f, in_gt, has_void = _score_frame(job, i, _WORKER["options"])
             frames.extend([i] * len(frame_ids))
             ids.extend(frame_ids)
             js.extend(frame_j)
             fs.extend(frame_f)
-            gt_object |= has_object
+            gt.extend(in_gt)
             gt_void |= has_void
     except InputError as exc:  # exceptions with a path do not survive pickling: send the parts
         return "error", (type(exc), exc.message, exc.path)
-    arrays = (np.asarray(frames, np.int64), np.asarray(ids, np.int64), np.asarray(js), np.asarray(fs))
-    return "ok", (seq, *arrays, gt_object, gt_void)
+    arrays = (np.asarray(frames, np.int64), np.asarray(ids, np.int64), np.asarray(js), np.asarray(fs), np.asarray(gt, bool))
+    return "ok", (seq, *arrays, gt_void)
 
 
 def _default_processes() -> int:
@@ -517,10 +529,10 @@ def _collect(jobs: list[_SequenceJob], results: list, options: _Options) -> list
         per_seq[payload[0]].append(payload[1:])
     objects = []
     for job, parts in zip(jobs, per_seq):
-        frames, ids, js, fs, gt_object, gt_void = zip(*parts)
-        if not any(gt_object):
+        frames, ids, js, fs, gt, gt_void = zip(*parts)
+        frames, ids, js, fs, gt = (np.concatenate(a) for a in (frames, ids, js, fs, gt))
+        if not gt.any():
             raise _no_object_error(job, options, any(gt_void))
-        frames, ids, js, fs = (np.concatenate(a) for a in (frames, ids, js, fs))
         object_ids = np.arange(1, job.num_objects + 1) if job.num_objects is not None else np.unique(ids)
         # Objects absent from both maps of a frame score 1 there (empty union, two empty boundaries).
         j = np.ones((len(object_ids), len(job.frames)))
@@ -528,8 +540,37 @@ def _collect(jobs: list[_SequenceJob], results: list, options: _Options) -> list
         rows = np.searchsorted(object_ids, ids)
         j[rows, frames] = js
         f[rows, frames] = fs
-        objects.extend(ObjectScores.from_frames(job.name, k, job.frames, j[r], f[r]) for r, k in enumerate(object_ids))
+        starts = _object_starts(job, object_ids, rows, frames, gt, options)
+        objects.extend(ObjectScores.from_frames(job.name, k, job.frames[a:], j[r, a:], f[r, a:])
+                       for r, (k, a) in enumerate(zip(object_ids, starts)) if a < len(job.frames))
+        late = [f"{k} (frame {job.frames[-1]})" for k, a in zip(object_ids, starts) if a == len(job.frames)]
+        if late:
+            logger.warning(
+                "sequence %r: object(s) %s first appear in the ground truth on the last scored frame, which is "
+                "their given frame: they have no scored frame and are left out", job.name, ", ".join(late),
+            )
     return objects
+
+
+def _object_starts(job: _SequenceJob, object_ids: np.ndarray, rows: np.ndarray, frames: np.ndarray,
+                   gt: np.ndarray, options: _Options) -> np.ndarray:
+    """Index of each object's first scored frame.
+
+    DAVIS parity: 0 for every object. Generic folders: an object is scored from the first frame
+    whose ground truth has it; in the semi-supervised protocol (``given``) that frame is the given
+    one and is not scored, as the first frame is not in DAVIS (an object in the first ground-truth
+    frame starts at 0). An object never in the scored ground truth (a prediction only) starts at 0.
+    """
+    starts = np.zeros(len(object_ids), np.int64)
+    if job.num_objects is not None:
+        return starts
+    entry = np.full(len(object_ids), len(job.frames), np.int64)
+    np.minimum.at(entry, rows[gt], frames[gt])
+    seen = entry < len(job.frames)
+    starts[seen] = entry[seen] + (1 if job.given else 0)
+    given_first = (1,) if options.binary and job.first_ids else job.first_ids  # binary: any non-zero pixel is object 1
+    starts[np.isin(object_ids, given_first)] = 0
+    return starts
 
 
 def _evaluate(jobs, skipped, options: _Options, processes, parity) -> DavisScores:
@@ -597,8 +638,18 @@ def evaluate_folders(
     """Score predictions of any dataset laid out as ``<dir>/<seq>/<frame>.png``.
 
     Objects of a sequence are the union of the ids (other than 0 and void 255) found in its scored
-    ground-truth and prediction frames, so ids may be non-contiguous, objects may appear late, and
-    an id only in the predictions counts as an object (scoring 0 where it is predicted). Rows are
+    ground-truth and prediction frames, so ids may be non-contiguous, and an id only in the
+    predictions counts as an object (scoring 0 where it is predicted, 1 elsewhere).
+
+    Objects may appear late (YouTube-VOS; keyframes): each object is scored from the first frame
+    on which its ground truth has it. With ``skip_first_last`` (the semi-supervised protocol) that
+    frame is the object's given frame and is not scored either, just as the first frame is not,
+    so an object that enters at frame 7 of 10 is scored on frame 8 alone (and one that enters on
+    the last scored frame has no scored frame: it is left out, with a warning). Frames before an
+    object's first ground truth do not count for it, predicted or not; after it, a frame where
+    both maps lack the object scores 1. hkchengrex/vos-benchmark starts an object at its first
+    appearance in either map and scores that frame too; on videos cut at an object's entry both
+    give the same numbers (tests/data/scoring_vos_benchmark.json). Rows are
     named ``<seq>_<id>``. Sequences are the sub-folders of ``gt_dir`` that hold PNGs (or ``gt_dir``
     itself if it holds PNGs, then named ""); predictions for other sequences are ignored. Frames
     are taken in natural order (``2.png`` before ``10.png``).
@@ -609,7 +660,9 @@ def evaluate_folders(
         ignore_void: leave ground-truth void pixels out of J and F (as the official tool does in
             its unsupervised task) instead of counting them as background.
         processes, on_missing: as in :func:`evaluate_davis`.
-        skip_first_last: do not score the first and the last frame (DAVIS semi-supervised protocol).
+        skip_first_last: do not score the first and the last frame, nor the frame where an object
+            first appears (DAVIS semi-supervised protocol); False scores every frame from each
+            object's first appearance on.
         binary: binary masks (DAVIS-2016 style, 0/255 or 0/1): every non-zero pixel, 255 included,
             is the one object (row ``<seq>_1``); a mask with two different non-zero values is an
             error. Without it 255 is void, and a 0/255 ground truth has no object.
