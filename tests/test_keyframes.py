@@ -6,6 +6,7 @@ keyframe semantics directly (permanent context frames, zero-padded new label cha
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -214,3 +215,214 @@ def test_predictions_before_an_object_enters_do_not_count(tmp_path):
     assert objects["s_1"].frames == tuple(f"{t:05d}" for t in range(1, 7)) and objects["s_1"].j_mean == 1.0
     assert objects["s_9"].frames == objects["s_1"].frames
     assert objects["s_9"].j_mean == pytest.approx(5 / 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keyframes through a video: real DAVIS frames, weight-free Lab features at 128 pixels
+
+
+SEQ = "car-shadow"
+
+
+@pytest.fixture(scope="module")
+def car(davis_root, tmp_path_factory) -> Path:
+    """The first 10 frames of car-shadow (a folder of frames)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("car") / SEQ
+    out.mkdir()
+    for path in sorted((davis_root / "JPEGImages" / "480p" / SEQ).glob("*.jpg"))[:10]:
+        shutil.copy2(path, out / path.name)
+    return out
+
+
+def gt(davis_root: Path, t: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(davis_root / "Annotations" / "480p" / SEQ / f"{t:05d}.png")).astype(np.uint8)
+
+
+def split_ids(mask: np.ndarray, ids=(1, 2)) -> np.ndarray:
+    """The car split at its median column into two objects (left ``ids[0]``, right ``ids[1]``)."""
+    cols = np.nonzero(mask.any(axis=0))[0]
+    cut = int(np.median(cols))
+    out = np.zeros(mask.shape, np.uint8)
+    out[:, :cut][mask[:, :cut] > 0] = ids[0]
+    out[:, cut:][mask[:, cut:] > 0] = ids[1]
+    return out
+
+
+def lab_features(frames, short_side: int = 128):
+    """(frame, features, stride) of the lab preset's features at ``short_side`` pixels, in frame order."""
+    from vidprop.config import load_config
+    from vidprop.features.lab import LabExtractor
+    from vidprop.io.resize import ResizePolicy
+
+    extractor = LabExtractor(load_config(Path(__file__).resolve().parents[1] / "configs" / "davis2017_lab.yaml").features.lab)
+    policy = ResizePolicy(short_side=short_side, multiple=32)
+    for frame in frames:
+        yield frame, extractor.extract(policy(frame.image)[None])[0], extractor.stride
+
+
+def run(source, masks, backward=True, first_appearance=False, short_side=128, **prop) -> dict[int, np.ndarray]:
+    """Every frame's ids, keyed by frame index (the order checked on the way)."""
+    from vidprop.io.frames import open_source
+    from vidprop.pipeline.keyframes import KeyframePropagation, as_keyframes, propagate_keyframes
+
+    src = open_source(source) if isinstance(source, (str, Path)) else source
+    names = src.names if isinstance(source, (str, Path)) else None
+    size = src.size
+    keyframes = as_keyframes(masks, size, names, first_appearance=first_appearance)
+    cfg = PropagationConfig(topk=15, n_last_frames=28, radius=15, backward=backward, **prop)
+    out = {}
+    features = functools.partial(lab_features, short_side=short_side)
+    for frame, ids in propagate_keyframes(KeyframePropagation(keyframes, cfg), src, features):
+        assert frame.index == len(out) and ids.shape == size and ids.dtype == np.uint8
+        out[frame.index] = ids
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_only_mask_on_a_later_frame(car, davis_root, tmp_path):
+    """(1) The only mask on frame k: frames k.. equal a run on the video cut at k, frames before k
+    are filled backwards (and left empty with backward: false)."""
+    import shutil
+
+    k = 4
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for path in sorted(car.iterdir())[k:]:
+        shutil.copy2(path, cut / path.name)
+    mask = gt(davis_root, k)
+    full = run(car, {"00004": mask})
+    alone = run(cut, {"00004": mask})
+    assert len(full) == 10 and len(alone) == 6
+    for t in range(k, 10):
+        np.testing.assert_array_equal(full[t], alone[t - k])
+    np.testing.assert_array_equal(full[k], mask)
+    for t in range(k):  # backwards: the car is found in every earlier frame
+        assert set(np.unique(full[t])) == {0, 1}
+        assert iou(full[t] == 1, gt(davis_root, t) == 1) > 0.6, t
+    empty = run(car, {"00004": mask}, backward=False)
+    for t in range(k):
+        assert not empty[t].any()
+    for t in range(k, 10):
+        np.testing.assert_array_equal(empty[t], full[t])
+
+
+def test_backward_pass_without_random_access_is_the_same(car, davis_root):
+    """A source read once (no ``read``) keeps the frames up to the first mask for the backward pass."""
+    from vidprop.io.frames import open_source
+    from vidprop.pipeline.inputs import ArrayFrameSource
+
+    images = [frame.image for frame in open_source(car)]
+    stream = ArrayFrameSource(iter(images))  # a generator: one pass, no random access
+    assert not hasattr(stream, "read")
+    expected = run(car, {"00003": gt(davis_root, 3)})
+    got = run(stream, {3: gt(davis_root, 3)})
+    for t in range(10):
+        np.testing.assert_array_equal(got[t], expected[t])
+
+
+SWAN_SIZE = (294, 231)  # (W, H) of the pasted swan crop: 0.7 of its 420x330 box
+
+
+@pytest.fixture(scope="module")
+def swan_enters(davis_root, tmp_path_factory) -> tuple[Path, dict[int, np.ndarray]]:
+    """car-shadow's first 10 frames with the black swan (frames of its own video, at half size,
+    bottom left, clear of the car) entering at frame 5: PNG frames and the swan's ground truth."""
+    import cv2
+    from PIL import Image
+
+    out = tmp_path_factory.mktemp("swan") / "car-swan"
+    out.mkdir()
+    swan_gt = {}
+    for t in range(10):
+        image = np.array(Image.open(davis_root / "JPEGImages" / "480p" / SEQ / f"{t:05d}.jpg").convert("RGB"))
+        if t >= 5:
+            swan = np.array(Image.open(davis_root / "JPEGImages" / "480p" / "blackswan" / f"{t:05d}.jpg").convert("RGB"))
+            mask = np.asarray(Image.open(davis_root / "Annotations" / "480p" / "blackswan" / f"{t:05d}.png")) > 0
+            small = cv2.resize(swan[60:390, 120:540], SWAN_SIZE, interpolation=cv2.INTER_AREA)
+            small_mask = cv2.resize(mask[60:390, 120:540].astype(np.uint8), SWAN_SIZE, interpolation=cv2.INTER_NEAREST) > 0
+            region = image[480 - SWAN_SIZE[1]:, :SWAN_SIZE[0]]
+            region[small_mask] = small[small_mask]
+            placed = np.zeros(image.shape[:2], bool)
+            placed[480 - SWAN_SIZE[1]:, :SWAN_SIZE[0]] = small_mask
+            swan_gt[t] = placed
+        Image.fromarray(image).save(out / f"{t:05d}.png")
+    return out, swan_gt
+
+
+def test_object_introduced_later(swan_enters, davis_root):
+    """(2) An object first given on a later frame is tracked from there and absent before; ids are
+    the original ones (3 and 7)."""
+    frames, swan = swan_enters
+    first = np.where(gt(davis_root, 0) > 0, 3, 0).astype(np.uint8)
+    later = np.where(gt(davis_root, 5) > 0, 3, 0).astype(np.uint8)
+    later[swan[5]] = 7
+    out = run(frames, {"00000": first, "00005": later}, short_side=256)
+    for t in range(5):
+        assert set(np.unique(out[t])) == {0, 3}
+    np.testing.assert_array_equal(out[5], later)
+    for t in range(6, 10):
+        assert set(np.unique(out[t])) == {0, 3, 7}
+        assert iou(out[t] == 7, swan[t]) > 0.6, t
+        assert iou(out[t] == 3, gt(davis_root, t) > 0) > 0.6, t
+    # YouTube-VOS's first-appearance mask (the swan alone): the car is propagated through frame 5
+    yt = run(frames, {"00000": first, "00005": np.where(swan[5], 7, 0).astype(np.uint8)}, first_appearance=True,
+             short_side=256)
+    for t in range(5):
+        np.testing.assert_array_equal(yt[t], out[t])
+    assert ((yt[5] == 7) == swan[5]).all()
+    assert 0.6 < iou(yt[5] == 3, gt(davis_root, 5) > 0) < 1
+    for t in range(6, 10):
+        assert set(np.unique(yt[t])) == {0, 3, 7}
+        assert iou(yt[t] == 7, swan[t]) > 0.6, t
+
+
+def test_corrective_mask_replaces_labels_and_changes_later_frames(car, davis_root):
+    """(3) A corrective mask on a later frame is written as given there and changes later frames
+    (towards the truth: the car's ground truth of frame 5 given again)."""
+    first = gt(davis_root, 0)
+    plain = run(car, {"00000": first})
+    corrected = run(car, {"00000": first, "00005": gt(davis_root, 5)})
+    for t in range(5):
+        np.testing.assert_array_equal(corrected[t], plain[t])
+    np.testing.assert_array_equal(corrected[5], gt(davis_root, 5))
+    assert not np.array_equal(plain[5], gt(davis_root, 5))
+    before = [iou(plain[t] == 1, gt(davis_root, t) == 1) for t in range(6, 10)]
+    after = [iou(corrected[t] == 1, gt(davis_root, t) == 1) for t in range(6, 10)]
+    assert all(not np.array_equal(plain[t], corrected[t]) for t in range(6, 10))
+    assert np.mean(after) > np.mean(before) + 0.005, (before, after)
+
+
+def test_a_keyframe_that_drops_an_object_warns(car, davis_root, caplog):
+    from vidprop.pipeline.keyframes import as_keyframes
+
+    two = split_ids(gt(davis_root, 0))
+    with caplog.at_level(logging.WARNING, logger="vidprop.pipeline.keyframes"):
+        kf = as_keyframes({0: two, 5: np.where(two == 2, 0, two).astype(np.uint8)}, two.shape, video="car")
+    assert "car: the mask of frame 00005 has no object 2" in caplog.text
+    assert kf.object_ids.ids == (1, 2) and [k.new_ids for k in kf.frames] == [(1, 2), ()]
+
+
+def test_masks_that_match_no_frame_are_errors(car, davis_root):
+    from vidprop.errors import MaskError
+    from vidprop.io.frames import open_source
+    from vidprop.pipeline.keyframes import as_keyframes
+
+    src = open_source(car)
+    mask = gt(davis_root, 0)
+    with pytest.raises(MaskError, match=r"frame '00012', but car-shadow has no frame of that name \(10 frames: 00000, 00001, 00002, \.\.\., 00009\)"):
+        as_keyframes({"00012": mask}, src.size, src.names, 10, video="car-shadow")
+    with pytest.raises(MaskError, match="frame index 10, but car-shadow has 10 frames"):
+        as_keyframes({10: mask}, src.size, src.names, 10, video="car-shadow")
+    with pytest.raises(MaskError, match="two masks for frame 00002"):
+        as_keyframes({2: mask, "00002": mask}, src.size, src.names, 10, video="car-shadow")
+    with pytest.raises(MaskError, match="has no object"):
+        as_keyframes({0: mask, 3: np.zeros_like(mask)}, src.size, src.names, 10, video="car-shadow")
+    with pytest.raises(MaskError, match="does not match the frame size"):
+        as_keyframes({0: mask[:-1]}, src.size, src.names, 10, video="car-shadow")

@@ -42,6 +42,7 @@ class PropagationConfig:
     dtype: str | None = option(None, help="float32 or float64 (null = float32, as the reference)")
     backend: str = option("auto", help="'fused' (numba window top-k kernel; CPU, float32), 'torch' (tiled matrix products; any device), or 'auto' (fused where it applies and is faster: CPU, float32, at most 160 channels); results are the same")
     threads: int | None = option(None, help="CPU threads of the fused kernel (null = the cores this process may use); 'torch' uses torch's own thread setting")
+    backward: bool = option(True, help="label the frames before a video's first given mask by propagating backwards in time from it (false: leave them empty)")
 
     def __post_init__(self) -> None:
         check(_is_int(self.topk) and self.topk >= 1, "topk", self.topk, "an integer >= 1")
@@ -65,6 +66,7 @@ class PropagationConfig:
         check(self.backend in BACKENDS, "backend", self.backend, "one of " + ", ".join(repr(b) for b in BACKENDS))
         check(self.threads is None or (_is_int(self.threads) and self.threads >= 1), "threads", self.threads,
               "null or an integer >= 1")
+        check(isinstance(self.backward, bool), "backward", self.backward, "true or false")
 
     @property
     def torch_dtype(self) -> torch.dtype:
