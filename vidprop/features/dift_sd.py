@@ -26,7 +26,6 @@ overflow. The VAE always runs in float32 (once per frame, so it costs little).
 from __future__ import annotations
 
 import gc
-import hashlib
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ from torch import nn
 from vidprop.errors import ConfigError, ModelNotFoundError, ShapeError
 from vidprop.features.base import check_images, register_extractor
 from vidprop.features.config import DiftConfig
+from vidprop.features.unet_common import BlockCapture, Removed, check_dtype, files_fingerprint, frame_generator, to_device
 
 __all__ = ["DiftExtractor", "resolve_model_dir", "REQUIRED_SUBFOLDERS", "up_block_geometry", "weights_fingerprint", "encode_prompt"]
 
@@ -50,30 +50,6 @@ REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _HUB_ALLOW = [f"{sub}/*" for sub in REQUIRED_SUBFOLDERS]
 _HUB_IGNORE = ["*.bin", "*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.fp16.*", "*non_ema*", "*.pt", "*.h5"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook once the last requested up block has run."""
-
-
-class _Removed(nn.Module):
-    """Stands in for a UNet part that is never run (keeps the module list's length)."""
-
-    def __init__(self, name: str):
-        super().__init__()
-        self.removed_name = name
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - internal invariant
-        raise AssertionError(f"unet.{self.removed_name} was removed by DiftExtractor but was called")
-
-
-def _to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """Move ``module``; cast only if needed (diffusers warns about casting loaded models)."""
-    module = module.to(device)
-    return module if next(module.parameters()).dtype == dtype else module.to(dtype)
-
-
 def _hub_offline() -> bool:
     from huggingface_hub import constants
 
@@ -161,13 +137,8 @@ def weights_fingerprint(model_dir: Path) -> str:
     It changes when the weights in a local folder are replaced, so stale cached features are
     never reused (a copied folder only costs a recomputation).
     """
-    digest = hashlib.sha256()
-    for sub in REQUIRED_SUBFOLDERS:
-        for path in sorted((model_dir / sub).rglob("*")):
-            if path.is_file():
-                stat = path.stat()
-                digest.update(f"{path.relative_to(model_dir).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+    files = [path for sub in REQUIRED_SUBFOLDERS for path in (model_dir / sub).rglob("*") if path.is_file()]
+    return files_fingerprint(model_dir, files)
 
 
 def up_block_geometry(unet_config: Any, vae_config: Any) -> list[tuple[int, int]]:
@@ -278,8 +249,7 @@ class DiftExtractor:
     def _setup(self, config, unet, vae, scheduler, prompt_embeds, device, dtype) -> None:
         from diffusers.models.attention_processor import AttnProcessor2_0
 
-        if dtype not in _SUPPORTED_DTYPES:
-            raise ConfigError(f"unsupported dtype {dtype} (expected float32, float16 or bfloat16)", key="runtime.dtype")
+        check_dtype(dtype)
         self.config = config
         self.device = torch.device(device)
         self.dtype = dtype
@@ -301,19 +271,17 @@ class DiftExtractor:
         vae.decoder = None
         if getattr(vae, "post_quant_conv", None) is not None:
             vae.post_quant_conv = None
-        self.vae = _to(vae, self.device, torch.float32).eval().requires_grad_(False)
+        self.vae = to_device(vae, self.device, torch.float32).eval().requires_grad_(False)
 
         last = max(layers)
         for j in range(last + 1, len(unet.up_blocks)):
-            unet.up_blocks[j] = _Removed(f"up_blocks.{j}")
+            unet.up_blocks[j] = Removed(f"unet.up_blocks.{j}")
         for part in ("conv_norm_out", "conv_act", "conv_out"):
             if getattr(unet, part, None) is not None:
-                setattr(unet, part, _Removed(part))
+                setattr(unet, part, Removed(f"unet.{part}"))
         unet.set_attn_processor(AttnProcessor2_0())
-        self.unet = _to(unet, self.device, dtype).eval().requires_grad_(False)
-        self._captured: dict[int, torch.Tensor] = {}
-        self._capturing = False
-        self._hooks = [self.unet.up_blocks[i].register_forward_hook(self._capture_hook(i, i == last)) for i in layers]
+        self.unet = to_device(unet, self.device, dtype).eval().requires_grad_(False)
+        self._capture = BlockCapture({i: self.unet.up_blocks[i] for i in layers}, stop_after=last)
 
         self.scheduler = scheduler
         self.prompt_embeds = prompt_embeds.to(self.device, dtype)
@@ -335,16 +303,6 @@ class DiftExtractor:
             config.timestep, config.ensemble_size, self.device, self.cache_key["dtype"],
         )
 
-    def _capture_hook(self, index: int, stop: bool):
-        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-            if not self._capturing:  # the block runs outside unet_features (e.g. a shared module)
-                return
-            self._captured[index] = output
-            if stop:
-                raise _StopForward
-
-        return hook
-
     # ---- noise -------------------------------------------------------------------------
 
     def latent_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
@@ -353,10 +311,7 @@ class DiftExtractor:
 
     def frame_generator(self, image: torch.Tensor) -> torch.Generator:
         """A CPU generator seeded from ``config.seed`` and the pixels of one (3, H, W) frame."""
-        digest = hashlib.blake2b(digest_size=8)
-        digest.update(int(self.config.seed).to_bytes(8, "little", signed=True))
-        digest.update(image.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        return torch.Generator("cpu").manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
+        return frame_generator(self.config.seed, image)
 
     def draw_noise(self, images: torch.Tensor, ensemble_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw each frame's posterior and diffusion noise (standard normal, float32, CPU).
@@ -402,20 +357,12 @@ class DiftExtractor:
 
     def unet_features(self, latents: torch.Tensor) -> dict[int, torch.Tensor]:
         """Run the (truncated) UNet on noisy latents (N, 4, h8, w8); return {block: (N, C_i, h_i, w_i)}."""
-        self._captured = {}
         n = latents.shape[0]
         timesteps = torch.full((n,), self.config.timestep, dtype=torch.long, device=self.device)
         context = self.prompt_embeds.expand(n, -1, -1)
-        self._capturing = True
-        try:
-            self.unet(latents.to(self.device, self.dtype), timesteps, encoder_hidden_states=context, return_dict=False)
-        except _StopForward:
-            pass
-        finally:
-            self._capturing = False
-        captured, self._captured = self._captured, {}
-        assert set(captured) == set(self.layers), "the UNet forward ended before the requested up blocks"
-        return captured
+        return self._capture.run(
+            lambda: self.unet(latents.to(self.device, self.dtype), timesteps, encoder_hidden_states=context, return_dict=False)
+        )
 
     @torch.inference_mode()
     def extract_layers_with_noise(
