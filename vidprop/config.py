@@ -59,7 +59,7 @@ class RuntimeConfig:
     seed: int = option(
         0,
         help="seed of torch's global random generator, set at the start of every video so that results do not "
-        "depend on the order of videos (DIFT's noise draws use features.dift.seed; the --seed flag sets both)",
+        "depend on the order of videos (DIFT's noise draws use features.dift.seed and features.adm.seed; the --seed flag sets all three)",
     )
     num_shards: int = option(1, help="split the videos into this many shards (taken from WORLD_SIZE under torchrun)")
     shard_index: int = option(0, help="which shard this process runs, 0 <= shard_index < num_shards (RANK under torchrun)")

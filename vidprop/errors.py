@@ -16,6 +16,7 @@ __all__ = [
     "DavisLayoutError",
     "ConfigError",
     "ModelNotFoundError",
+    "CheckpointError",
     "ShapeError",
 ]
 
@@ -60,6 +61,10 @@ class ConfigError(InputError):
 
 class ModelNotFoundError(InputError):
     """Model weights could not be found (id, revision, where it looked, how to supply them)."""
+
+
+class CheckpointError(InputError):
+    """A model file or folder that is not what the backend expects (unreadable, missing or unexpected keys, wrong shapes)."""
 
 
 class ShapeError(InputError):

