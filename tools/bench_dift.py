@@ -1,8 +1,10 @@
-"""Benchmark the DIFT extractor against a straightforward implementation of the original scheme.
+"""Benchmark a DIFT extractor against a straightforward implementation of the original scheme.
 
-Both run the full-size SD 2.1 architecture (configs below, from SD 2.1's published
-unet/config.json and vae/config.json) with random weights, so nothing is downloaded, in the
-same run on the same frames and the same noise draws:
+Both run the full-size architecture with random weights, so nothing is downloaded, in the same
+run on the same frames and the same noise draws.
+
+``--backend dift_sd`` (default): the SD 2.1 architecture (configs below, from SD 2.1's
+published unet/config.json and vae/config.json).
 
 - baseline (the original ``SDFeaturizer`` scheme): repeat the frame ``ensemble`` times, encode
   every copy with the VAE, sample each posterior, add noise, run the full UNet forward (all up
@@ -10,22 +12,38 @@ same run on the same frames and the same noise draws:
 - vidprop: :class:`vidprop.features.dift_sd.DiftExtractor` (one VAE encoding per frame, UNet
   stopped after the block, ensemble and frames batched).
 
-It reports seconds per frame for each (median over ``--repeats`` alternating runs), their ratio, and the largest relative difference
-between the two features (they must agree: same draws, same maths). On CUDA it also runs
-float16/bfloat16 and reports frames per second and peak GPU memory.
+``--backend dift_adm``: guided-diffusion's 256x256 unconditional UNet (553M parameters) as
+diffusers' ``UNet2DModel``.
+
+- baseline (the original ``ADMFeaturizer`` scheme, a stand-in written here): the frame repeated
+  ``ensemble`` times as one batch, noised in pixel space, the UNet with guided-diffusion's legacy
+  attention (weights materialised, softmax in float32), the mean of ``output_blocks[k]``; like
+  the original it returns right after that block, or with ``--baseline-full-forward`` runs the
+  whole UNet.
+- vidprop: :class:`vidprop.features.dift_adm.AdmExtractor` (scaled-dot-product attention,
+  later blocks dropped, frames batched).
+- also: matmul + convolution FLOPs per frame (``torch.utils.flop_counter`` on the meta device)
+  and the ideal time on an H100 SXM at its datasheet peak; on the CPU each measurement runs in a
+  forked child whose resident-set high-water mark gives the peak memory; the load average.
+
+It reports seconds per frame for each (median over ``--repeats`` alternating runs), their ratio,
+and the largest relative difference between the two features (they must agree: same draws, same
+maths). On CUDA it also runs float16/bfloat16 and reports peak GPU memory.
 
 Examples::
 
     python tools/bench_dift.py                          # DAVIS setting: 480x832, t=51, block 2, ensemble 8
     python tools/bench_dift.py --size 128x224 --ensemble 2 --frames 1     # a quick CPU check
     python tools/bench_dift.py --device cuda --dtypes float32,bfloat16,float16 --frames 8
+    python tools/bench_dift.py --backend dift_adm       # 480x832, t=51, output block 7, ensemble 4, fp32
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import copy
+import json
+import os
 import platform
 import statistics
 import sys
@@ -39,6 +57,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vidprop.features.base import resolve_device  # noqa: E402
 from vidprop.features.config import DiftConfig  # noqa: E402
 from vidprop.features.dift_sd import DiftExtractor  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_propagation import _rss_kib  # noqa: E402
 
 # stabilityai/stable-diffusion-2-1 unet/config.json (diffusers layout), values as published.
 SD21_UNET = dict(
@@ -227,6 +248,259 @@ def run_one(args, device: torch.device, dtype: torch.dtype) -> dict:
     return result
 
 
+# ---- dift_adm ------------------------------------------------------------------------------------
+
+# Peak throughput of an H100 SXM5 (NVIDIA H100 datasheet, dense, no sparsity), for the ideal times.
+H100_TFLOPS = {"float32": 66.9, "tf32": 494.7, "bfloat16": 989.4, "float16": 989.4}
+
+
+class LegacyAttentionProcessor:
+    """guided-diffusion's ``AttentionBlock`` with ``QKVAttentionLegacy``, on diffusers' attention weights.
+
+    The attention weights are materialised as the original computes them: q and k each scaled by
+    ch**-1/4, ``einsum("bct,bcs->bts")``, softmax in float32, ``einsum("bts,bcs->bct")`` with v.
+    """
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        import math
+
+        residual = hidden_states
+        batch, channels, height, width = hidden_states.shape
+        tokens = attn.group_norm(hidden_states).view(batch, channels, height * width).transpose(1, 2)
+        heads = attn.heads
+        ch = channels // heads
+
+        def split(x):  # (B, T, C) -> (B*heads, ch, T), channels head-major as the legacy layout
+            return x.transpose(1, 2).reshape(batch * heads, ch, height * width)
+
+        q, k, v = split(attn.to_q(tokens)), split(attn.to_k(tokens)), split(attn.to_v(tokens))
+        scale = 1 / math.sqrt(math.sqrt(ch))
+        weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
+        weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
+        a = torch.einsum("bts,bcs->bct", weight, v).reshape(batch, channels, height * width)
+        out = attn.to_out[0](a.transpose(1, 2)).transpose(1, 2).reshape(batch, channels, height, width)
+        return (out + residual) / attn.rescale_output_factor
+
+
+def _set_processor(unet, processor) -> None:
+    from diffusers.models.attention_processor import Attention
+
+    for module in unet.modules():
+        if isinstance(module, Attention):
+            module.set_processor(processor)
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.inference_mode()
+def adm_baseline_features(unet, arch, images, noise, output_block: int, timestep: int, full_forward: bool):
+    """The original scheme (Tsingularity/dift ``ADMFeaturizer.forward``): per frame, the frame
+    repeated E times as one batch, ``q_sample`` at t, the UNet with materialised attention, the
+    mean over the batch of ``output_blocks[output_block]``. The original returns right after that
+    block; ``full_forward`` runs the rest of the UNet too (as a plain hooked forward would).
+    """
+    from vidprop.features.adm_convert import output_block_module
+    from vidprop.features.dift_adm import linear_schedule_coefficients
+
+    a, b = (torch.tensor(c, dtype=torch.float32) for c in linear_schedule_coefficients(timestep))
+    captured = []
+
+    def hook(module, args, out):
+        captured.append(out)
+        if not full_forward:
+            raise _Stop
+
+    handle = output_block_module(unet, arch, output_block).register_forward_hook(hook)
+    _set_processor(unet, LegacyAttentionProcessor())
+    out = []
+    try:
+        for i in range(images.shape[0]):
+            x = images[i : i + 1].repeat(noise.shape[1], 1, 1, 1)
+            x_t = a * x + b * noise[i].to(x.device)
+            t = torch.full((x.shape[0],), timestep, dtype=torch.long, device=x.device)
+            try:
+                unet(x_t.to(unet.dtype), t)
+            except _Stop:
+                pass
+            out.append(captured.pop().float().mean(0))
+    finally:
+        handle.remove()
+    return torch.stack(out)
+
+
+def shallow_adm_copy(unet, up_block: int):
+    """A UNet object sharing every weight with ``unet`` whose module lists (up blocks and those of
+    ``up_blocks[up_block]``) are its own, so that the extractor can truncate it in place."""
+    from torch import nn
+
+    clone = copy.copy(unet)
+    clone._modules = dict(unet._modules)
+    clone.up_blocks = nn.ModuleList(list(unet.up_blocks))
+    block = copy.copy(unet.up_blocks[up_block])
+    block._modules = dict(block._modules)
+    for name, sub in list(block._modules.items()):
+        if isinstance(sub, nn.ModuleList):
+            setattr(block, name, nn.ModuleList(list(sub)))
+    clone.up_blocks[up_block] = block
+    return clone
+
+
+def count_adm_flops(arch, size, ensemble: int, output_block: int, full_forward: bool) -> int:
+    """Matmul and convolution FLOPs of one frame (E rows), as ``torch.utils.flop_counter`` counts, on the meta device."""
+    from diffusers import UNet2DModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vidprop.features.adm_convert import output_block_module
+
+    with torch.device("meta"):
+        unet = UNet2DModel(**arch.diffusers_config())
+    x = torch.empty(ensemble, 3, *size, device="meta")
+    t = torch.full((ensemble,), 51, dtype=torch.long, device="meta")
+
+    def hook(module, args, out):
+        if not full_forward:
+            raise _Stop
+
+    handle = output_block_module(unet, arch, output_block).register_forward_hook(hook)
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            unet(x, t)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return int(counter.get_total_flops())
+
+
+def _measured(fn, device: torch.device) -> dict:
+    """Run ``fn()``; wall and process CPU seconds and peak memory above the state before it.
+
+    CPU: in a forked child, so each measurement has its own resident-set high-water mark
+    (``VmHWM`` reset through ``/proc/self/clear_refs``) over the resident set at the start; the
+    weights are shared with the parent. CUDA: in process, ``max_memory_allocated`` over the
+    memory allocated before.
+    """
+    import pickle
+
+    if device.type == "cuda":
+        _reset_peak(device)
+        before = torch.cuda.memory_allocated(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        value = fn()
+        _sync(device)
+        return {"value": value, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                "peak_mib": (torch.cuda.max_memory_allocated(device) - before) / 2**20, "peak_method": "cuda max_memory_allocated"}
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(read)
+            cleared = True
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                cleared = False
+            start_rss = _rss_kib("VmRSS") or 0
+            t0, c0 = time.perf_counter(), time.process_time()
+            value = fn()
+            result = {"value": value.numpy(), "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                      "peak_mib": ((_rss_kib("VmHWM") or 0) - start_rss) / 1024,
+                      "peak_method": "VmHWM after clear_refs minus VmRSS at start" if cleared else "VmHWM minus VmRSS (not reset)"}
+            with os.fdopen(write, "wb") as fh:
+                pickle.dump(result, fh)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError("the measuring child process died (out of memory?)")
+    result = pickle.loads(data)
+    result["value"] = torch.from_numpy(result["value"])
+    return result
+
+
+def run_adm(args, device: torch.device, dtype: torch.dtype) -> dict:
+    """vidprop's dift_adm against the original scheme on the full-size 256x256-uncond architecture, random weights."""
+    from vidprop.features.adm_convert import ADM_256_UNCOND, build_unet
+    from vidprop.features.config import AdmConfig
+    from vidprop.features.dift_adm import AdmExtractor
+    from vidprop.features.unet_common import to_device
+
+    height, width = args.size
+    ensemble = args.ensemble or 4
+    arch = ADM_256_UNCOND
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    unet = to_device(build_unet(arch), device, dtype).eval().requires_grad_(False)
+    print(f"[{dtype}] random-weight ADM UNet built in {time.perf_counter() - t0:.0f} s "
+          f"({sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M parameters)", flush=True)
+    gen = torch.Generator().manual_seed(args.seed)
+    images = (torch.rand(args.frames, 3, height, width, generator=gen) * 2 - 1).to(device)
+    noise = torch.randn((args.frames, ensemble, 3, height, width), generator=gen)
+    cfg = AdmConfig(output_block=args.output_block, timestep=args.timestep, ensemble_size=ensemble,
+                    batch_size=args.batch_size or 8, seed=args.seed)
+    up_block = args.output_block // (arch.num_res_blocks + 1)
+    extractor = AdmExtractor.from_unet(cfg, shallow_adm_copy(unet, up_block), arch, device=device, dtype=dtype)
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    def ours():
+        _set_processor(extractor.unet, AttnProcessor2_0())  # the Attention modules are shared with the baseline
+        return extractor.extract_with_noise(images, noise).cpu()
+
+    def baseline():
+        return adm_baseline_features(unet, arch, images, noise, args.output_block, args.timestep, args.baseline_full_forward).cpu()
+
+    result: dict = {"backend": "dift_adm", "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                    "frames": args.frames, "ensemble": ensemble, "size": [height, width], "output_block": args.output_block,
+                    "timestep": args.timestep, "batch_size": cfg.batch_size, "baseline_full_forward": args.baseline_full_forward,
+                    "load_average_before": os.getloadavg()}
+    flops = count_adm_flops(arch, (height, width), ensemble, args.output_block, False)
+    flops_full = count_adm_flops(arch, (height, width), ensemble, args.output_block, True)
+    ideal = {name: flops / (tf * 1e12) for name, tf in H100_TFLOPS.items()}
+    result["flops_per_frame"] = {"vidprop": flops, "original_scheme": flops_full if args.baseline_full_forward else flops,
+                                 "full_forward": flops_full}
+    result["ideal_h100_s_per_frame"] = ideal
+    print(f"[{result['dtype']}] FLOPs per frame (matmul + conv): vidprop {flops / 1e12:.2f} T, full forward {flops_full / 1e12:.2f} T; "
+          f"ideal H100 time for vidprop's: fp32 {ideal['float32']:.3f} s, tf32 {ideal['tf32']:.4f} s, bf16 {ideal['bfloat16']:.4f} s",
+          flush=True)
+    if args.warmup:
+        extractor.extract_with_noise(images[:1], noise[:1])
+        adm_baseline_features(unet, arch, images[:1], noise[:1], args.output_block, args.timestep, args.baseline_full_forward)
+    runs = {"vidprop": [], "baseline": []}
+    features = {}
+    for _ in range(args.repeats):
+        for name, fn in (("baseline", baseline), ("vidprop", ours)):
+            if name == "baseline" and args.skip_baseline:
+                continue
+            m = _measured(fn, device)
+            features[name] = m.pop("value")
+            runs[name].append(m)
+            print(f"[{result['dtype']}] {name}: {m['wall_s'] / args.frames:.2f} s/frame (CPU {m['cpu_s'] / args.frames:.2f} s), "
+                  f"peak +{m['peak_mib']:.0f} MiB, load average {os.getloadavg()[0]:.2f}", flush=True)
+    for name, measured in runs.items():
+        if measured:
+            walls = [m["wall_s"] for m in measured]
+            result[name] = {"s_per_frame": statistics.median(walls) / args.frames,
+                            "cpu_s_per_frame": statistics.median(m["cpu_s"] for m in measured) / args.frames,
+                            "peak_mib": max(m["peak_mib"] for m in measured), "peak_method": measured[0]["peak_method"],
+                            "all_s": walls}
+    if "baseline" in features:
+        result["speedup"] = result["baseline"]["s_per_frame"] / result["vidprop"]["s_per_frame"]
+        result["memory_ratio"] = result["baseline"]["peak_mib"] / max(result["vidprop"]["peak_mib"], 1e-9)
+        diff = (features["vidprop"] - features["baseline"]).abs().max() / features["baseline"].abs().max()
+        result["max_rel_diff"] = float(diff)
+        print(f"[{result['dtype']}] speedup {result['speedup']:.2f}x, peak memory {result['baseline']['peak_mib']:.0f} -> "
+              f"{result['vidprop']['peak_mib']:.0f} MiB ({result['memory_ratio']:.1f}x less), "
+              f"max |diff| / max |baseline| = {float(diff):.2e}", flush=True)
+    result["load_average_after"] = os.getloadavg()
+    return result
+
+
 def parse_size(text: str) -> tuple[int, int]:
     height, width = (int(v) for v in text.lower().split("x"))
     if height % 32 or width % 32:
@@ -237,11 +511,16 @@ def parse_size(text: str) -> tuple[int, int]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=parse_size, default=(480, 832), help="HxW input size (default 480x832, DAVIS)")
+    parser.add_argument("--backend", choices=("dift_sd", "dift_adm"), default="dift_sd",
+                        help="dift_sd (SD 2.1 architecture) or dift_adm (guided-diffusion 256x256 uncond architecture)")
     parser.add_argument("--frames", type=int, default=1, help="frames per measurement (default 1)")
-    parser.add_argument("--ensemble", type=int, default=8, help="ensemble size (default 8)")
-    parser.add_argument("--up-ft-index", type=int, default=2, help="up block (default 2)")
+    parser.add_argument("--ensemble", type=int, default=None, help="ensemble size (default 8 for dift_sd, 4 for dift_adm)")
+    parser.add_argument("--up-ft-index", type=int, default=2, help="dift_sd: up block (default 2)")
+    parser.add_argument("--output-block", type=int, default=7, help="dift_adm: guided-diffusion output block (default 7)")
+    parser.add_argument("--baseline-full-forward", action="store_true",
+                        help="dift_adm: the baseline runs the whole UNet (the original returns right after the block)")
     parser.add_argument("--timestep", type=int, default=51, help="timestep (default 51)")
-    parser.add_argument("--batch-size", type=int, default=8, help="UNet (and baseline VAE) batch size (default 8)")
+    parser.add_argument("--batch-size", type=int, default=None, help="UNet (and dift_sd baseline VAE) batch size (default 8)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     parser.add_argument("--dtypes", default=None, help="comma-separated dtypes (default: float32 on CPU, float32,bfloat16,float16 on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -259,9 +538,15 @@ def main(argv=None) -> int:
     dtypes = args.dtypes.split(",") if args.dtypes else (["float32"] if device.type == "cpu" else ["float32", "bfloat16", "float16"])
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"bench_dift: {machine}; torch {torch.__version__}; args {vars(args)}", flush=True)
-    results = [run_one(args, device, getattr(torch, name)) for name in dtypes]
+    if args.backend == "dift_adm":
+        results = [run_adm(args, device, getattr(torch, name)) for name in dtypes]
+    else:
+        args.ensemble = args.ensemble or 8
+        args.batch_size = args.batch_size or 8
+        results = [run_one(args, device, getattr(torch, name)) for name in dtypes]
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "torch": torch.__version__, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"machine": machine, "torch": torch.__version__, "cpu_count": os.cpu_count(),
+                                         "results": results}, indent=2))
     return 0
 
 

@@ -27,7 +27,6 @@ key and shape is checked before converting.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -533,11 +532,9 @@ def output_block_geometry(arch: AdmArchitecture, index: int) -> tuple[int, int]:
 
 def checkpoint_fingerprint(path: str | os.PathLike) -> str:
     """A short hash of the checkpoint's file names, sizes and modification times (for cache keys)."""
+    from vidprop.features.unet_common import files_fingerprint
+
     path = Path(path).expanduser()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    for file in files:
-        stat = file.stat()
-        name = file.relative_to(path).as_posix() if path.is_dir() else file.name
-        digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+    if path.is_dir():
+        return files_fingerprint(path, [p for p in path.rglob("*") if p.is_file()])
+    return files_fingerprint(path.parent, [path])

@@ -117,6 +117,6 @@ def files_fingerprint(root: Path, files: Iterable[Path]) -> str:
     digest = hashlib.sha256()
     for path in sorted(files):
         stat = path.stat()
-        name = path.relative_to(root).as_posix() if path != root else path.name
+        name = path.relative_to(root).as_posix()
         digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
