@@ -23,8 +23,8 @@ diffusers' ``UNet2DModel``.
 - vidprop: :class:`vidprop.features.dift_adm.AdmExtractor` (scaled-dot-product attention,
   later blocks dropped, frames batched).
 - also: matmul + convolution FLOPs per frame (``torch.utils.flop_counter`` on the meta device)
-  and the ideal time on an H100 SXM at its datasheet peak; on the CPU each measurement runs in a
-  forked child whose resident-set high-water mark gives the peak memory; the load average.
+  and the ideal time on an H100 SXM at its datasheet peak; peak memory above the loaded weights
+  (on the CPU the resident-set high-water mark, reset before each measurement); the load average.
 
 It reports seconds per frame for each (median over ``--repeats`` alternating runs), their ratio,
 and the largest relative difference between the two features (they must agree: same draws, same
@@ -376,52 +376,31 @@ def count_adm_flops(arch, size, ensemble: int, output_block: int, full_forward: 
 
 
 def _measured(fn, device: torch.device) -> dict:
-    """Run ``fn()``; wall and process CPU seconds and peak memory above the state before it.
+    """Run ``fn()``; wall and process CPU seconds and the peak memory it added.
 
-    CPU: in a forked child, so each measurement has its own resident-set high-water mark
-    (``VmHWM`` reset through ``/proc/self/clear_refs``) over the resident set at the start; the
-    weights are shared with the parent. CUDA: in process, ``max_memory_allocated`` over the
-    memory allocated before.
+    CPU: the process's resident-set high-water mark (``VmHWM``, reset through
+    ``/proc/self/clear_refs`` just before) minus its resident set just before (the weights are
+    already resident). CUDA: ``max_memory_allocated`` minus the memory allocated before.
     """
-    import pickle
-
     if device.type == "cuda":
         _reset_peak(device)
         before = torch.cuda.memory_allocated(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        value = fn()
-        _sync(device)
-        return {"value": value, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-                "peak_mib": (torch.cuda.max_memory_allocated(device) - before) / 2**20, "peak_method": "cuda max_memory_allocated"}
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
+    else:
         try:
-            os.close(read)
-            cleared = True
-            try:
-                Path("/proc/self/clear_refs").write_text("5")
-            except OSError:
-                cleared = False
-            start_rss = _rss_kib("VmRSS") or 0
-            t0, c0 = time.perf_counter(), time.process_time()
-            value = fn()
-            result = {"value": value.numpy(), "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-                      "peak_mib": ((_rss_kib("VmHWM") or 0) - start_rss) / 1024,
-                      "peak_method": "VmHWM after clear_refs minus VmRSS at start" if cleared else "VmHWM minus VmRSS (not reset)"}
-            with os.fdopen(write, "wb") as fh:
-                pickle.dump(result, fh)
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as fh:
-        data = fh.read()
-    os.waitpid(pid, 0)
-    if not data:
-        raise RuntimeError("the measuring child process died (out of memory?)")
-    result = pickle.loads(data)
-    result["value"] = torch.from_numpy(result["value"])
-    return result
+            Path("/proc/self/clear_refs").write_text("5")
+            method = "VmHWM after clear_refs minus VmRSS before"
+        except OSError:
+            method = "VmHWM minus VmRSS before (high-water mark not reset: an upper bound)"
+        before = (_rss_kib("VmRSS") or 0) * 1024
+    t0, c0 = time.perf_counter(), time.process_time()
+    value = fn()
+    _sync(device)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if device.type == "cuda":
+        peak, method = torch.cuda.max_memory_allocated(device) - before, "cuda max_memory_allocated"
+    else:
+        peak = (_rss_kib("VmHWM") or 0) * 1024 - before
+    return {"value": value, "wall_s": wall, "cpu_s": cpu, "peak_mib": peak / 2**20, "peak_method": method}
 
 
 def run_adm(args, device: torch.device, dtype: torch.dtype) -> dict:

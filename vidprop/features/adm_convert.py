@@ -47,6 +47,7 @@ __all__ = [
     "load_guided_diffusion_state_dict",
     "build_unet",
     "load_adm_unet",
+    "read_architecture",
     "save_converted",
     "output_block_module",
     "output_block_geometry",
@@ -386,8 +387,11 @@ def convert_state_dict(
     return out
 
 
-def load_guided_diffusion_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_guided_diffusion_state_dict(path: str | os.PathLike, mmap: bool = False) -> dict[str, torch.Tensor]:
     """Read a guided-diffusion ``.pt`` file safely (``torch.load(weights_only=True)``) on the CPU.
+
+    ``mmap=True`` maps the tensors instead of reading them (zip-format files; others are read),
+    for reading shapes cheaply.
 
     Raises:
         ModelNotFoundError: no such file (says where to get OpenAI's checkpoint).
@@ -397,7 +401,12 @@ def load_guided_diffusion_state_dict(path: str | os.PathLike) -> dict[str, torch
     if not path.is_file():
         raise ModelNotFoundError(f"guided-diffusion checkpoint not found. {HOW_TO_GET}", path=path.absolute())
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            data = torch.load(path, map_location="cpu", weights_only=True)  # not a zip-format file
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise CheckpointError(f"cannot load as a plain tensor state dict ({type(exc).__name__}: {first})", path=path) from None
@@ -430,6 +439,39 @@ def build_unet(arch: AdmArchitecture, state_dict: Mapping[str, torch.Tensor] | N
     return unet
 
 
+def read_architecture(checkpoint: str | os.PathLike, num_head_channels: int = 64) -> AdmArchitecture:
+    """The architecture of a ``.pt`` checkpoint or converted folder, without building the model.
+
+    A ``.pt`` file is memory-mapped and fully checked (every key and shape); a folder's
+    ``config.json`` is read.
+
+    Raises:
+        ModelNotFoundError, CheckpointError: as :func:`load_adm_unet`.
+    """
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return _folder_architecture(path)
+    state_dict = load_guided_diffusion_state_dict(path, mmap=True)
+    arch = infer_architecture(state_dict, num_head_channels, source=path)
+    check_state_dict(state_dict, arch, source=path)
+    return arch
+
+
+def _folder_architecture(path: Path) -> AdmArchitecture:
+    from diffusers import UNet2DModel
+
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"folder has no config.json: not a converted ADM model. {HOW_TO_GET}", path=path.absolute())
+    try:
+        config = UNet2DModel.load_config(path)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read config.json ({type(exc).__name__}: {exc})", path=path) from None
+    try:
+        return AdmArchitecture.from_diffusers_config(config)
+    except CheckpointError as exc:
+        raise CheckpointError(exc.message, path=path) from None
+
+
 def load_adm_unet(checkpoint: str | os.PathLike, num_head_channels: int = 64, dtype: torch.dtype = torch.float32):
     """Load an ADM UNet as a diffusers ``UNet2DModel`` in ``dtype`` on the CPU.
 
@@ -450,17 +492,7 @@ def load_adm_unet(checkpoint: str | os.PathLike, num_head_channels: int = 64, dt
 
     path = Path(checkpoint).expanduser()
     if path.is_dir():
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise ModelNotFoundError(f"folder has no config.json: not a converted ADM model. {HOW_TO_GET}", path=path.absolute())
-        try:
-            config = UNet2DModel.load_config(path)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read config.json ({type(exc).__name__}: {exc})", path=path) from None
-        try:
-            arch = AdmArchitecture.from_diffusers_config(config)
-        except CheckpointError as exc:
-            raise CheckpointError(exc.message, path=path) from None
+        arch = _folder_architecture(path)
         try:
             unet = UNet2DModel.from_pretrained(path, torch_dtype=dtype)
         except (OSError, ValueError, RuntimeError) as exc:
