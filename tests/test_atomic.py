@@ -16,8 +16,11 @@ from vidprop.io.atomic import (
     atomic_write,
     clear_complete,
     is_complete,
+    HOST_TAG,
     mark_complete,
     read_complete_info,
+    remove_stale_temporaries,
+    temp_path,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,3 +192,17 @@ def test_every_output_of_a_run_follows_the_umask(short_sequence, tmp_path, umask
     for name, mode in modes.items():
         is_dir = (out / name).is_dir() if not name.startswith("cache/") else (cache / name[6:]).is_dir()
         assert mode == (0o750 if is_dir else 0o640), (name, oct(mode))
+
+
+def test_temporaries_of_a_process_reported_dead_on_another_host_are_removed(tmp_path):
+    # a Ray actor on another machine: its pid cannot be checked here, but Ray said it died
+    (tmp_path / "00000.png").write_bytes(b"done")
+    theirs = tmp_path / ".00001.abcdef-4242-0123456789ab.tmp.png"
+    other = tmp_path / ".00002.abcdef-4343-0123456789ab.tmp.png"
+    mine = temp_path(tmp_path / "00003.png")  # this live process's
+    for path in (theirs, other):
+        path.write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path) == []  # unknown host, young files: kept
+    assert remove_stale_temporaries(tmp_path, dead={("abcdef", 4242)}) == [theirs]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["00000.png", other.name, mine.name])
+    assert remove_stale_temporaries(tmp_path, dead={(HOST_TAG, os.getpid())}) == [mine]  # named dead: removed

@@ -24,6 +24,7 @@ import yaml
 
 from vidprop import __version__
 from vidprop.config_base import check, from_dict, option, to_dict
+from vidprop.engines.config import RayConfig
 from vidprop.errors import ConfigError
 from vidprop.features.config import FeatureConfig
 from vidprop.io.config import DataConfig
@@ -69,6 +70,12 @@ class RuntimeConfig:
     overlay_format: Literal["mp4", "png"] = option(
         "mp4", help="overlay as one 'mp4' per video or as 'png' frames in an overlay/ folder per video"
     )
+    engine: Literal["local", "ray"] = option(
+        "local",
+        help="where the videos run: 'local' (this process, one after another) or 'ray' (a pool of Ray actors fed "
+        "longest video first, retrying videos whose actor dies; pip install 'vidprop[ray]')",
+    )
+    ray: RayConfig = option(default_factory=RayConfig, help="the Ray engine's cluster, workers and retries")
 
     def __post_init__(self) -> None:
         check(_valid_device(self.device), "device", self.device, "'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'")
@@ -80,6 +87,12 @@ class RuntimeConfig:
             "shard_index",
             self.shard_index,
             f"0 <= shard_index < num_shards ({self.num_shards})",
+        )
+        check(
+            self.engine == "local" or self.num_shards == 1,
+            "engine",
+            self.engine,
+            "'local' when the videos are split into shards (Ray balances the videos itself: drop --num-shards)",
         )
 
 

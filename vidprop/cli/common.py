@@ -21,6 +21,7 @@ __all__ = [
     "SHORTHANDS",
     "add_config_options",
     "add_run_options",
+    "add_engine_options",
     "config_from_args",
     "explicit_keys",
     "config_keys_help",
@@ -42,7 +43,7 @@ class Shorthand:
     key: str
     type: Callable[[str], Any] | None = str  # None: a switch that sets True
     metavar: str | None = None
-    group: str = "config"  # "config" (every command) or "run" (commands that write per-video outputs)
+    group: str = "config"  # "config" (every command), "run" (per-video outputs) or "engine" (many videos)
     also: tuple[str, ...] = ()  # further keys set to the same value
 
 
@@ -61,6 +62,13 @@ SHORTHANDS: tuple[Shorthand, ...] = (
     Shorthand("--overwrite", "runtime.overwrite", None, group="run"),
     Shorthand("--fail-fast", "runtime.fail_fast", None, group="run"),
     Shorthand("--overlay", "runtime.overlay", None, group="run"),
+    Shorthand("--engine", "runtime.engine", metavar="NAME", group="engine"),
+    Shorthand("--address", "runtime.ray.address", metavar="ADDRESS", group="engine"),
+    Shorthand("--workers", "runtime.ray.workers", int, metavar="N", group="engine"),
+    Shorthand("--gpus-per-worker", "runtime.ray.gpus_per_worker", float, metavar="N", group="engine"),
+    Shorthand("--cpus-per-worker", "runtime.ray.cpus_per_worker", int, metavar="N", group="engine"),
+    Shorthand("--memory-per-worker", "runtime.ray.memory_per_worker_gb", float, metavar="GIB", group="engine"),
+    Shorthand("--max-tries", "runtime.ray.max_tries", int, metavar="N", group="engine"),
 )
 
 
@@ -168,16 +176,36 @@ def add_run_options(parser: argparse.ArgumentParser, flags: tuple[str, ...] | No
     _install_help_hook(parser)
 
 
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """``--engine`` and the Ray engine's options, for commands that run many videos."""
+    _add_shorthands(
+        parser.add_argument_group("engine", "where the videos run (--engine ray: a Ray cluster; pip install 'vidprop[ray]')"),
+        "engine",
+    )
+    _install_help_hook(parser)
+
+
 def config_from_args(args: argparse.Namespace):
-    """The :class:`~vidprop.config.VidpropConfig` of parsed ``args`` (file, then --set, then flags)."""
+    """The :class:`~vidprop.config.VidpropConfig` of parsed ``args`` (file, then --set, then flags).
+
+    Raises:
+        ConfigError: a Ray engine flag (``--workers``, ...) while the engine is not ``ray``.
+    """
     from vidprop.config import load_config
+    from vidprop.errors import ConfigError
 
     overrides: list[Any] = list(getattr(args, "overrides", None) or [])
+    ray_flags = []
     for sh in SHORTHANDS:
         value = getattr(args, _dest(sh), None)
         if value is not None:
             overrides.extend((key, value) for key in (sh.key, *sh.also))
-    return load_config(getattr(args, "config", None), overrides)
+            if sh.key.startswith("runtime.ray."):
+                ray_flags.append(sh.flag)
+    config = load_config(getattr(args, "config", None), overrides)
+    if ray_flags and config.runtime.engine != "ray":
+        raise ConfigError(f"{', '.join(ray_flags)} only apply to the Ray engine: add --engine ray", key="runtime.engine")
+    return config
 
 
 def explicit_keys(args: argparse.Namespace) -> set[str]:

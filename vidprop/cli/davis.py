@@ -9,6 +9,7 @@ from pathlib import Path
 from vidprop.cli.common import (
     add_config_options,
     add_davis_options,
+    add_engine_options,
     add_run_options,
     config_from_args,
     parse_sequences,
@@ -37,6 +38,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--no-score", action="store_true", help="only write the masks, do not score them")
     add_config_options(parser, set_help="; a value without '=' is the DAVIS split, as in the official tool (--set val)")
     add_run_options(parser)
+    add_engine_options(parser)
     return parser
 
 

@@ -8,6 +8,7 @@ import logging
 from vidprop.cli.common import (
     add_config_options,
     add_davis_options,
+    add_engine_options,
     add_run_options,
     config_from_args,
     parse_sequences,
@@ -32,6 +33,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_davis_options(parser, required=False)
     add_config_options(parser, set_help="; a value without '=' is the DAVIS split (--set val)")
     add_run_options(parser, flags=("--fail-fast",))
+    add_engine_options(parser)
     return parser
 
 

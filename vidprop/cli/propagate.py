@@ -6,7 +6,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from vidprop.cli.common import add_config_options, add_run_options, config_from_args, print_summary, quiet_secondary_ranks
+from vidprop.cli.common import (
+    add_config_options,
+    add_engine_options,
+    add_run_options,
+    config_from_args,
+    print_summary,
+    quiet_secondary_ranks,
+)
 
 __all__ = ["register", "run"]
 
@@ -34,6 +41,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", required=True, help="output folder for the masks (created if missing)")
     add_config_options(parser)
     add_run_options(parser)
+    add_engine_options(parser)
     return parser
 
 

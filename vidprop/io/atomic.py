@@ -27,7 +27,7 @@ import secrets
 import socket
 import time
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Collection, Iterator
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -40,6 +40,7 @@ __all__ = [
     "temp_path",
     "remove_stale_temporaries",
     "STALE_TEMP_AGE_S",
+    "HOST_TAG",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ logger = logging.getLogger(__name__)
 COMPLETE_MARKER = ".vidprop-complete"
 
 
-_HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+# tag of this host in temporary names (a Ray actor reports it, so the driver can clean up after it)
+HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
 _TEMP_NAME = re.compile(r"^\..*\.(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)-[0-9a-f]{12}\.tmp(\.[^.]*)?$")
 
 STALE_TEMP_AGE_S = 24 * 3600
@@ -66,7 +68,7 @@ def temp_path(path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     for _ in range(100):
-        name = path.parent / f".{path.stem}.{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(6)}.tmp{path.suffix}"
+        name = path.parent / f".{path.stem}.{HOST_TAG}-{os.getpid()}-{secrets.token_hex(6)}.tmp{path.suffix}"
         try:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         except FileExistsError:
@@ -91,14 +93,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None) -> list[Path]:
+def remove_stale_temporaries(
+    folder: str | os.PathLike, now: float | None = None, dead: Collection[tuple[str, int]] = ()
+) -> list[Path]:
     """Remove temporaries that runs killed before they could clean up left in ``folder``.
 
     Only files named by :func:`temp_path` are considered, and one is removed only when its
-    process is known to be dead (same host, pid no longer running) or it has not been modified
-    for :data:`STALE_TEMP_AGE_S` seconds. Another live run's temporaries are never touched
-    (a reused pid keeps a file until the age rule applies). Errors (a file removed meanwhile,
-    a read-only folder) are ignored.
+    process is known to be dead (same host, pid no longer running; or named in ``dead``) or it
+    has not been modified for :data:`STALE_TEMP_AGE_S` seconds. Another live run's temporaries
+    are never touched (a reused pid keeps a file until the age rule applies). Errors (a file
+    removed meanwhile, a read-only folder) are ignored.
+
+    Args:
+        dead: ``(host tag, pid)`` of processes known to be dead on any host (a Ray actor that
+            Ray reported dead); :data:`HOST_TAG` is this host's tag.
 
     Returns:
         The removed paths.
@@ -118,8 +126,9 @@ def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None
             if not entry.is_file(follow_symlinks=False):
                 continue
             old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_AGE_S
-            dead = match["host"] == _HOST_TAG and not _pid_alive(int(match["pid"]))
-            if old or dead:
+            gone = (match["host"], int(match["pid"])) in dead
+            gone = gone or (match["host"] == HOST_TAG and not _pid_alive(int(match["pid"])))
+            if old or gone:
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
         except OSError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -12,8 +13,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 from vidprop import __version__
 from vidprop.config import VidpropConfig, dump_config, result_fingerprint
+from vidprop.engines import Task, failed_outcome, run_tasks
 from vidprop.errors import ConfigError, MaskError, SourceError, VidpropError
-from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info
+from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info, remove_stale_temporaries
 from vidprop.io.frames import FrameSource, is_image_file, is_video_file, natural_key, open_source
 from vidprop.io.masks import check_mask_file, list_mask_files, read_mask, write_mask
 from vidprop.log import progress
@@ -30,6 +32,7 @@ __all__ = [
     "select_shard",
     "cache_id",
     "is_finished",
+    "MaskWriter",
     "run_videos",
 ]
 
@@ -219,19 +222,15 @@ def _open(job: VideoJob, config: VidpropConfig) -> FrameSource:
     return job.source if isinstance(job.source, FrameSource) else open_source(job.source, config.data)
 
 
-def _preflight(job: VideoJob, config: VidpropConfig) -> None:
-    """Check a job's source and first mask (cheap: headers and one PNG) before any compute."""
-    read_mask(job.mask, expected_size=_open(job, config).size)
+def _preflight(job: VideoJob, config: VidpropConfig) -> int:
+    """Check a job's source and first mask (cheap: headers and one PNG) before any compute.
 
-
-def _failure(job: VideoJob, exc: Exception) -> VideoOutcome:
-    if isinstance(exc, VidpropError):
-        logger.error("%s failed: %s", job.name, exc)
-        code = exc.exit_code
-    else:
-        logger.exception("%s failed with an internal error", job.name)
-        code = 1
-    return VideoOutcome(job.name, "failed", error=str(exc), exit_code=code)
+    Returns:
+        The video's length in frames.
+    """
+    source = _open(job, config)
+    read_mask(job.mask, expected_size=source.size)
+    return len(source)
 
 
 def _process(pipe: VideoPipeline, job: VideoJob, fingerprint: str) -> VideoOutcome:
@@ -239,6 +238,7 @@ def _process(pipe: VideoPipeline, job: VideoJob, fingerprint: str) -> VideoOutco
     cfg = pipe.config
     job.out_dir.mkdir(parents=True, exist_ok=True)
     clear_complete(job.out_dir)
+    remove_stale_temporaries(job.out_dir)  # what a killed run of this video left (the overlay cleans its own)
     source = _open(job, cfg)
     label_mask = read_mask(job.mask, expected_size=source.size)
     palette = label_mask.palette
@@ -275,6 +275,46 @@ def _process(pipe: VideoPipeline, job: VideoJob, fingerprint: str) -> VideoOutco
     return VideoOutcome(job.name, "done", frames=count, seconds=seconds)
 
 
+def _own_folders(job: VideoJob) -> tuple[Path, ...]:
+    """The folders only ``job`` writes: its masks and its PNG overlay frames."""
+    from vidprop.overlay import OverlayWriter
+
+    return (job.out_dir, OverlayWriter(job.out_dir, "png").path)
+
+
+class MaskWriter:
+    """The worker of :func:`run_videos` for every engine: ``MaskWriter(config)(job)`` runs one job.
+
+    Picklable until first used (it holds only the config), so the Ray engine ships it to its
+    actors; the :class:`VideoPipeline` (the model) is built on the first job and kept.
+
+    Args:
+        config: the run's config.
+        pipeline: an existing pipeline to use in this process (not picklable then).
+    """
+
+    def __init__(self, config: VidpropConfig, pipeline: VideoPipeline | None = None):
+        self.config = config
+        self.fingerprint = result_fingerprint(config)
+        self.pipeline = pipeline
+
+    def __call__(self, job: VideoJob) -> VideoOutcome:
+        """Write ``job``'s masks (and overlay), then its completion marker; raises on failure."""
+        if self.pipeline is None:
+            self.pipeline = VideoPipeline(self.config)
+        return _process(self.pipeline, job, self.fingerprint)
+
+    def close(self) -> None:
+        """Log the feature cache's hits and misses (if a cache was used)."""
+        if self.pipeline is not None:
+            self.pipeline.log_cache_stats()
+
+    def __getstate__(self) -> dict:
+        if self.pipeline is not None:
+            raise TypeError("a MaskWriter holding a pipeline (a loaded model) cannot be sent to another process")
+        return self.__dict__
+
+
 def run_videos(
     jobs: Sequence[VideoJob],
     config: VidpropConfig,
@@ -285,7 +325,8 @@ def run_videos(
 
     Videos already complete (same settings) are skipped unless ``runtime.overwrite``; a failing
     video is logged and the others go on unless ``runtime.fail_fast`` (then it is raised).
-    The effective config is written as ``config.yaml`` into each of ``config_dirs``.
+    The effective config is written as ``config.yaml`` into each of ``config_dirs``. The videos
+    run on ``runtime.engine`` (:mod:`vidprop.engines`): here, or on a Ray cluster.
 
     Returns:
         The outcome of each job of this shard, in order.
@@ -297,6 +338,8 @@ def run_videos(
         logger.info("shard %d of %d: %d of %d videos", rt.shard_index, rt.num_shards, len(mine), len(jobs))
     for folder in config_dirs:
         dump_config(config, Path(folder) / CONFIG_FILE)
+    if pipeline is not None and rt.engine != "local":
+        raise ConfigError(f"a pipeline object cannot be shipped to {rt.engine} workers: call without pipeline=", key="runtime.engine")
     fingerprint = result_fingerprint(config)
     outcomes: dict[str, VideoOutcome] = {}
     todo = []
@@ -306,23 +349,15 @@ def run_videos(
             outcomes[job.name] = VideoOutcome(job.name, "skipped")
             continue
         try:
-            _preflight(job, config)
+            frames = _preflight(job, config)
         except Exception as exc:  # noqa: BLE001 - reported per video, the others go on
             if rt.fail_fast:
                 raise
-            outcomes[job.name] = _failure(job, exc)
+            outcomes[job.name] = failed_outcome(job.name, exc)
             continue
-        todo.append(job)
-    pipe = pipeline or VideoPipeline(config)
-    for job in progress(todo, desc="videos", unit="video"):
-        try:
-            outcomes[job.name] = _process(pipe, job, fingerprint)
-        except Exception as exc:  # noqa: BLE001 - one bad video must not stop the batch
-            if rt.fail_fast:
-                raise
-            outcomes[job.name] = _failure(job, exc)
+        todo.append(Task(job.name, job, frames, _own_folders(job)))
+    outcomes.update(run_tasks(todo, functools.partial(MaskWriter, pipeline=pipeline), config).outcomes)
     summary = RunSummary(tuple(outcomes[job.name] for job in mine))
-    pipe.log_cache_stats()
     logger.info(
         "%d done, %d skipped (already complete), %d failed",
         summary.count("done"), summary.count("skipped"), summary.count("failed"),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from vidprop.config import VidpropConfig
+from vidprop.engines import Task, failed_outcome, run_tasks
 from vidprop.errors import ConfigError, InputError
 from vidprop.io.frames import FrameSource, open_source
 from vidprop.log import progress
@@ -17,7 +19,7 @@ from vidprop.pipeline.davis import davis_jobs
 from vidprop.pipeline.runtime import resolve_runtime
 from vidprop.pipeline.video import VideoPipeline
 
-__all__ = ["extract"]
+__all__ = ["extract", "FeatureFiller"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ def extract(
     """Fill the feature cache (``features.cache.dir``) for a source or a DAVIS split.
 
     Frames already cached are not recomputed, so an interrupted run resumes where it stopped.
-    Shards like :func:`run_videos`.
+    Shards like :func:`run_videos` and runs on ``runtime.engine`` like it.
 
     Args:
         source: a video, a folder of frames, or a folder of videos (exclusive with ``davis_root``).
@@ -59,22 +61,56 @@ def extract(
         videos = list_videos(source)[1]
     rt = config.runtime
     mine = select_shard(videos, rt.num_shards, rt.shard_index, key=lambda v: v[0])
-    pipe = pipeline or VideoPipeline(config)
-    outcomes = []
-    for name, path in progress(mine, desc="videos", unit="video"):
-        start = time.perf_counter()
+    if pipeline is not None and rt.engine != "local":
+        raise ConfigError(f"a pipeline object cannot be shipped to {rt.engine} workers: call without pipeline=", key="runtime.engine")
+    outcomes: dict[str, VideoOutcome] = {}
+    tasks = []
+    for name, path in mine:
         try:
-            frames = path if isinstance(path, FrameSource) else open_source(path, config.data)
-            count = 0
-            stream = pipe.frames_with_features(frames, video_id=cache_id(name, frames))
-            for _ in progress(stream, total=len(frames), desc=name, unit="frame", leave=False):
-                count += 1
-        except Exception as exc:  # noqa: BLE001 - one bad video must not stop the batch
+            frames = len(_open(path, config.data))
+        except Exception as exc:  # noqa: BLE001 - reported per video, the others go on
             if rt.fail_fast:
                 raise
-            logger.error("%s failed: %s", name, exc)
-            outcomes.append(VideoOutcome(name, "failed", error=str(exc), exit_code=getattr(exc, "exit_code", 1)))
+            outcomes[name] = failed_outcome(name, exc)
             continue
-        outcomes.append(VideoOutcome(name, "done", frames=count, seconds=time.perf_counter() - start))
-    pipe.log_cache_stats()
-    return RunSummary(tuple(outcomes))
+        tasks.append(Task(name, (name, path), frames))
+    outcomes.update(run_tasks(tasks, functools.partial(FeatureFiller, pipeline=pipeline), config).outcomes)
+    return RunSummary(tuple(outcomes[name] for name, _ in mine))
+
+
+def _open(source: Any, data_config: Any) -> FrameSource:
+    return source if isinstance(source, FrameSource) else open_source(source, data_config)
+
+
+class FeatureFiller:
+    """The worker of :func:`extract` for every engine: ``FeatureFiller(config)((name, source))``.
+
+    Picklable until first used (it holds only the config); the pipeline is built on first use.
+    """
+
+    def __init__(self, config: VidpropConfig, pipeline: VideoPipeline | None = None):
+        self.config = config
+        self.pipeline = pipeline
+
+    def __call__(self, job: tuple[str, Any]) -> VideoOutcome:
+        """Compute and cache the features of every frame of one video not cached yet; raises on failure."""
+        name, source = job
+        if self.pipeline is None:
+            self.pipeline = VideoPipeline(self.config)
+        start = time.perf_counter()
+        frames = _open(source, self.config.data)
+        count = 0
+        stream = self.pipeline.frames_with_features(frames, video_id=cache_id(name, frames))
+        for _ in progress(stream, total=len(frames), desc=name, unit="frame", leave=False):
+            count += 1
+        return VideoOutcome(name, "done", frames=count, seconds=time.perf_counter() - start)
+
+    def close(self) -> None:
+        """Log the feature cache's hits and misses."""
+        if self.pipeline is not None:
+            self.pipeline.log_cache_stats()
+
+    def __getstate__(self) -> dict:
+        if self.pipeline is not None:
+            raise TypeError("a FeatureFiller holding a pipeline (a loaded model) cannot be sent to another process")
+        return self.__dict__

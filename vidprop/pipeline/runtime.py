@@ -49,6 +49,12 @@ def resolve_runtime(cfg: VidpropConfig) -> VidpropConfig:
         return cfg
     rank, world_size, _ = env
     rt = cfg.runtime
+    if rt.engine != "local":
+        raise ConfigError(
+            f"torchrun started {world_size} processes, but the {rt.engine!r} engine runs the videos on its own "
+            "workers: start one process without torchrun",
+            key="runtime.engine",
+        )
     if rt.num_shards not in (1, world_size):
         raise ConfigError(
             f"{rt.num_shards} shards requested but torchrun started {world_size} processes "

@@ -1,0 +1,128 @@
+"""The Ray engine end to end on a local Ray cluster: 2 actors, 3 short DAVIS sample videos.
+
+Same masks as the plain run; an actor killed (SIGKILL) partway through a video is replaced and
+the video redone once; no temporary or partial file is left; a rerun does no work; a video with
+bad input fails once, without retries, with exit code 2. CI runs this file with VIDPROP_SLOW=1
+(see .ci/run).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ray = pytest.importorskip("ray")
+
+from vidprop import cli  # noqa: E402
+from vidprop.engines.ray_engine import FAULT_ENV  # noqa: E402
+from vidprop.io.atomic import COMPLETE_MARKER  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+LAB = str(REPO / "configs" / "davis2017_lab.yaml")
+FAST = ["--config", LAB, "--short-side", "224"]
+VIDEOS = {"dog": 12, "car-shadow": 6, "blackswan": 6}  # dog: the longest, dispatched first and killed
+KILLED, KILL_AFTER = "dog", 3
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray instance for the module (the engine uses the one already initialised)."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, object_store_memory=128 * 1024**2)
+    yield
+    ray.shutdown()
+
+
+def _copy_videos(davis_root: Path, dest: Path, videos: dict[str, int]) -> tuple[Path, Path]:
+    src, masks = dest / "videos", dest / "masks"
+    masks.mkdir(parents=True, exist_ok=True)
+    for name, n in videos.items():
+        (src / name).mkdir(parents=True)
+        for frame in sorted((davis_root / "JPEGImages" / "480p" / name).glob("*.jpg"))[:n]:
+            shutil.copy2(frame, src / name / frame.name)
+        shutil.copy2(davis_root / "Annotations" / "480p" / name / "00000.png", masks / f"{name}.png")
+    return src, masks
+
+
+def _temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*") if ".tmp" in p.name]
+
+
+def _files(folder: Path) -> dict[Path, int]:
+    return {p.relative_to(folder): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def _messages(caplog, words: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if words in r.getMessage()]
+
+
+def test_ray_engine_end_to_end(ray_cluster, davis_root, tmp_path, monkeypatch, caplog, capsys):
+    caplog.set_level(logging.INFO, logger="vidprop")
+    src, masks = _copy_videos(davis_root, tmp_path, VIDEOS)
+    plain, out = tmp_path / "plain", tmp_path / "ray"
+    assert cli.main(["propagate", str(src), "--masks", str(masks), "--out", str(plain), *FAST]) == 0
+    ray_args = ["propagate", str(src), "--masks", str(masks), "--out", str(out), *FAST, "--engine", "ray", "--workers", "2"]
+
+    # one actor is killed partway through the longest video
+    caplog.clear()
+    monkeypatch.setenv(FAULT_ENV, f"{KILLED}:{KILL_AFTER}")
+    assert cli.main(ray_args) == 0
+    monkeypatch.delenv(FAULT_ENV)
+    assert "3 video(s) done (24 frames), 0 already complete, 0 failed" in capsys.readouterr().out
+    assert _messages(caplog, "longest first: dog (12), blackswan (6), car-shadow (6)")
+    started = [m.split(": ")[1].split(" started")[0] for m in _messages(caplog, " started (")]
+    assert started[:2] == ["dog", "blackswan"] and sorted(started) == ["blackswan", "car-shadow", "dog", "dog"]
+    assert len(_messages(caplog, f"died while running {KILLED} (try 1 of 3)")) == 1, caplog.text
+    assert len(_messages(caplog, f"{KILLED} started ({VIDEOS[KILLED]} frames, try 2 of 3)")) == 1
+    for name in VIDEOS:
+        assert len(_messages(caplog, f"{name} done (")) == 1, name  # each video finished exactly once
+
+    # every video written whole, exactly the plain run's masks, nothing else left behind
+    for name, n in VIDEOS.items():
+        expected = sorted(p.name for p in (plain / name).iterdir())
+        assert sorted(p.name for p in (out / name).iterdir()) == expected
+        assert len(expected) == n + 1 and COMPLETE_MARKER in expected
+        for png in (plain / name).glob("*.png"):
+            a, b = Image.open(png), Image.open(out / name / png.name)
+            assert np.array_equal(np.asarray(a), np.asarray(b)), f"{name}/{png.name}"
+            assert a.getpalette() == b.getpalette()
+    assert not _temporaries(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*VIDEOS, "config.yaml"])
+
+    # a rerun of the finished job does no work: no actor, no file rewritten
+    before = _files(out)
+    caplog.clear()
+    assert cli.main(ray_args) == 0
+    assert "0 video(s) done (0 frames), 3 already complete, 0 failed" in capsys.readouterr().out
+    assert not _messages(caplog, " started (") and not _messages(caplog, "Ray engine:")
+    after = _files(out)
+    before.pop(Path("config.yaml")), after.pop(Path("config.yaml"))  # the effective config is rewritten each run
+    assert after == before
+
+    # bad input partway through a video: reported failed, not retried, exit code 2
+    bad_src, bad_masks = _copy_videos(davis_root, tmp_path / "bad", {"goat": 6})
+    # frame 3 becomes a PNG whose compressed data is damaged: its header and end chunk are fine (the
+    # checks on opening pass), so the video fails only when the worker decodes that frame
+    frame = bad_src / "goat" / "00003.jpg"
+    png = io.BytesIO()
+    Image.open(frame).save(png, format="PNG")
+    data = bytearray(png.getvalue())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    frame.unlink()
+    (bad_src / "goat" / "00003.png").write_bytes(bytes(data))
+    caplog.clear()
+    args = ["propagate", str(bad_src), "--masks", str(bad_masks), "--out", str(tmp_path / "bad-out"), *FAST]
+    assert cli.main([*args, "--engine", "ray", "--workers", "1"]) == 2
+    printed = capsys.readouterr().out
+    assert "FAILED goat:" in printed and "00003.png: cannot decode image" in printed
+    assert len(_messages(caplog, "goat started (")) == 1
+    assert _messages(caplog, "goat failed (not retried")
+    assert not (tmp_path / "bad-out" / "goat" / COMPLETE_MARKER).exists()
+    assert not _temporaries(tmp_path / "bad-out")

@@ -1,0 +1,205 @@
+#!/usr/bin/env python
+"""Benchmark the Ray engine's overhead against the plain (local) run on the same videos, in one run.
+
+Both modes run ``vidprop davis --no-score`` as a fresh subprocess on the same DAVIS sequences
+(the first ``--frames`` frames of each, through symlinks), interleaved: plain, ray, plain, ray, ...
+
+- plain: ``--engine local`` with ``OMP_NUM_THREADS=--threads``;
+- ray: ``--engine ray --workers 1 --cpus-per-worker --threads`` on a local Ray instance that the
+  command starts and stops itself, so the same compute runs with the same threads, and
+  everything Ray adds is counted: starting Ray (GCS, raylet, agents), the actor process with its
+  own imports and model, dispatch, and shutting Ray down.
+
+CPU time is the user + system time of the command's whole process tree (the command, Ray's
+daemons, its actors), sampled from /proc every 0.1 s (see :class:`TreeCPU`); the ratio is
+ray / plain of the medians over repetitions. The ray run's log gives the dispatch order
+(longest first); the masks of both modes are compared byte for byte.
+
+Examples:
+    python tools/bench_ray.py                                  # 13 sample sequences, 24 frames each
+    python tools/bench_ray.py --frames 0 --reps 3              # every frame (934)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (ppid, start time, user + system CPU seconds) of every process, from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        table[int(entry)] = (int(fields[1]), fields[19], (int(fields[11]) + int(fields[12])) / _TICK)
+    return table
+
+
+class TreeCPU(threading.Thread):
+    """Samples the CPU time of a process and all its descendants, also after they are reparented.
+
+    ``getrusage(RUSAGE_CHILDREN)`` cannot do this for Ray: its raylet does not wait for its
+    workers, so their CPU time never reaches the parent's account. Each process's last sample is
+    at most ``interval`` before it exits, which bounds what is missed.
+    """
+
+    def __init__(self, root: int, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self.root, self.interval = root, interval
+        self.cpu: dict[tuple[int, str], float] = {}
+        self.done = threading.Event()
+
+    def sample(self) -> None:
+        table = _proc_table()
+        known = {pid for pid, start in self.cpu if pid in table and table[pid][1] == start}
+        tree, frontier = set(), [self.root, *known]
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        while frontier:
+            pid = frontier.pop()
+            if pid in tree or pid not in table:
+                continue
+            tree.add(pid)
+            frontier.extend(children.get(pid, ()))
+        for pid in tree:
+            _, start, cpu = table[pid]
+            self.cpu[(pid, start)] = max(cpu, self.cpu.get((pid, start), 0.0))
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            self.sample()
+
+    def total(self) -> float:
+        return sum(self.cpu.values())
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _small_root(davis_root: Path, dest: Path, sequences: list[str], frames: int) -> None:
+    """A DAVIS root of symlinks to the first ``frames`` frames (0 = all) of each sequence."""
+    for sub, pattern in (("JPEGImages", "*.jpg"), ("Annotations", "*.png")):
+        for seq in sequences:
+            out = dest / sub / "480p" / seq
+            out.mkdir(parents=True)
+            files = sorted((davis_root / sub / "480p" / seq).glob(pattern))
+            for f in files[:frames] if frames else files:
+                (out / f.name).symlink_to(f.resolve())
+    (dest / "ImageSets" / "2017").mkdir(parents=True)
+    (dest / "ImageSets" / "2017" / "val.txt").write_text("\n".join(sequences) + "\n")
+
+
+def _run(mode: str, root: Path, out: Path, args) -> dict:
+    cmd = [
+        sys.executable, "-m", "vidprop", "--verbose", "davis", "--davis-root", str(root), "--out", str(out), "--no-score",
+        "--config", str(REPO / "configs" / "davis2017_lab.yaml"), "--short-side", str(args.short_side), "--device", "cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    if mode == "ray":
+        cmd += ["--engine", "ray", "--workers", "1", "--cpus-per-worker", str(args.threads)]
+    usage0, wall0 = _children_cpu(), time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    sampler = TreeCPU(proc.pid)
+    sampler.start()
+    _, stderr = proc.communicate()
+    wall = time.perf_counter() - wall0
+    sampler.done.set()
+    sampler.join()
+    rusage = _children_cpu() - usage0
+    cpu = sampler.total()
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} run failed ({proc.returncode}):\n{stderr[-3000:]}")
+    order = re.search(r"dispatch order: (.*)", stderr)
+    # rusage_s: exact, but only for the processes their parents waited for (all of them in plain mode)
+    return {"mode": mode, "wall_s": wall, "cpu_s": cpu, "rusage_s": rusage, "processes": len(sampler.cpu),
+            "order": order.group(1) if order else None}
+
+
+def _same_masks(a: Path, b: Path) -> bool:
+    files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    return files == sorted(p.relative_to(b) for p in b.rglob("*.png")) and all(
+        (a / f).read_bytes() == (b / f).read_bytes() for f in files
+    )
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--davis-root", type=Path, default=REPO.parent / "shared" / "davis-sample")
+    parser.add_argument("--sequences", default=None, help="comma-separated (default: the split's val list)")
+    parser.add_argument("--frames", type=int, default=24, help="first N frames of each sequence (0 = all)")
+    parser.add_argument("--short-side", type=int, default=224, help="data.short_side (a multiple of 32)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the plain run and of the Ray actor")
+    parser.add_argument("--reps", type=int, default=2, help="interleaved repetitions of each mode")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if not Path("/proc/self/stat").exists():
+        raise SystemExit("needs Linux /proc to count the CPU time of Ray's processes")
+    sequences = args.sequences.split(",") if args.sequences else (args.davis_root / "ImageSets" / "2017" / "val.txt").read_text().split()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
+        root = Path(tmp) / "davis"
+        _small_root(args.davis_root, root, sequences, args.frames)
+        frames = sum(len(list((root / "JPEGImages" / "480p" / s).iterdir())) for s in sequences)
+        print(f"{len(sequences)} sequences, {frames} frames, short side {args.short_side}, {args.threads} thread(s); "
+              f"load average before: {os.getloadavg()}", flush=True)
+        for rep in range(args.reps):
+            for mode in ("plain", "ray"):
+                result = _run(mode, root, Path(tmp) / f"{mode}-{rep}", args)
+                result["rep"] = rep
+                results.append(result)
+                print(f"  rep {rep} {mode:5s}: wall {result['wall_s']:7.2f} s  cpu {result['cpu_s']:7.2f} s "
+                      f"({result['processes']} processes; waited-for rusage {result['rusage_s']:.2f} s)", flush=True)
+        same = _same_masks(Path(tmp) / "plain-0", Path(tmp) / "ray-0")
+    med = {m: {k: _median([r[k] for r in results if r["mode"] == m]) for k in ("wall_s", "cpu_s")} for m in ("plain", "ray")}
+    summary = {
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "sequences": len(sequences), "frames": frames, "short_side": args.short_side, "threads": args.threads,
+        "reps": args.reps, "median": med,
+        "cpu_ratio": med["ray"]["cpu_s"] / med["plain"]["cpu_s"],
+        "wall_ratio": med["ray"]["wall_s"] / med["plain"]["wall_s"],
+        "masks_identical": same,
+        "dispatch_order": next(r["order"] for r in results if r["mode"] == "ray"),
+        "load_average_after": os.getloadavg(),
+        "runs": results,
+    }
+    print(f"median cpu: plain {med['plain']['cpu_s']:.2f} s, ray {med['ray']['cpu_s']:.2f} s -> ratio {summary['cpu_ratio']:.3f}")
+    print(f"median wall: plain {med['plain']['wall_s']:.2f} s, ray {med['ray']['wall_s']:.2f} s -> ratio {summary['wall_ratio']:.3f}")
+    print(f"masks identical: {same}")
+    print(f"dispatch order (frames): {summary['dispatch_order']}")
+    print(f"load average after: {summary['load_average_after']}")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
