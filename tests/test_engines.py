@@ -21,8 +21,8 @@ from vidprop.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = str(REPO / "configs" / "davis2017_lab.yaml")
-GPU_NODE = {"CPU": 8.0, "GPU": 4.0, "memory": 32.0 * GIB}
-CPU_NODE = {"CPU": 2.0, "memory": 6.0 * GIB}
+GPU_NODE = [{"CPU": 8.0, "GPU": 4.0, "memory": 32.0 * GIB}]
+CPU_NODE = [{"CPU": 2.0, "memory": 6.0 * GIB}]
 
 
 def test_default_plan_is_one_worker_per_gpu_with_an_equal_share():
@@ -50,8 +50,8 @@ def test_cpu_plan_pins_the_cpu_and_splits_the_cores():
         (RayConfig(), "cuda:1", GPU_NODE, "runtime.device", "GPU that Ray assigns"),
         (RayConfig(gpus_per_worker=1), "cpu", GPU_NODE, "runtime.ray.gpus_per_worker", "runtime.device is 'cpu'"),
         (RayConfig(), "cuda", CPU_NODE, "runtime.ray.gpus_per_worker", "no GPU"),
-        (RayConfig(gpus_per_worker=2), "auto", {**GPU_NODE, "GPU": 1.0}, "runtime.ray.gpus_per_worker", "has 1"),
-        (RayConfig(cpus_per_worker=16), "auto", GPU_NODE, "runtime.ray.cpus_per_worker", "has 8"),
+        (RayConfig(gpus_per_worker=2), "auto", [{**GPU_NODE[0], "GPU": 1.0}] * 2, "runtime.ray.gpus_per_worker", "cluster has 2"),
+        (RayConfig(cpus_per_worker=16), "auto", GPU_NODE * 2, "runtime.ray.cpus_per_worker", "no node .* 16 CPUs"),
         (RayConfig(memory_per_worker_gb=64), "auto", GPU_NODE, "runtime.ray.memory_per_worker_gb", "32.00 GiB"),
     ],
 )
@@ -59,6 +59,17 @@ def test_plans_that_cannot_work_name_their_key(ray_config, device, resources, ke
     with pytest.raises(ConfigError, match=words) as err:
         plan_workers(ray_config, device, resources)
     assert err.value.key == key
+
+
+def test_default_memory_share_fits_every_gpu_node_of_a_mixed_cluster():
+    # a head node without GPUs must not inflate the share: 4 workers on each GPU node still fit
+    head = {"CPU": 16.0, "memory": 64.0 * GIB}
+    gpu = {"CPU": 32.0, "GPU": 4.0, "memory": 100.0 * GIB}
+    plan = plan_workers(RayConfig(), "auto", [head, gpu, gpu])
+    assert (plan.workers, plan.cpus, plan.gpus, plan.memory) == (8, 8, 1.0, 25 * GIB)
+    # CPU workers: an actor never asks for more CPUs than one node has
+    plan = plan_workers(RayConfig(workers=1, gpus_per_worker=0), "cpu", [head, gpu, gpu])
+    assert (plan.workers, plan.cpus) == (1, 32)
 
 
 def test_plan_warns_when_only_some_workers_fit(caplog):

@@ -75,21 +75,34 @@ class WorkerPlan:
         return f"{self.workers} worker(s), each {self.cpus} CPU{gpus}, {self.memory / GIB:.1f} GiB, device {self.device}"
 
 
-def plan_workers(ray_config: Any, device: str, resources: dict[str, float]) -> WorkerPlan:
-    """Actor count and resources from ``runtime.ray`` and the cluster's total ``resources``.
+def _capacity(node: dict[str, float], cpus: int, gpus: float, memory: float = 0.0) -> int:
+    """How many actors of these resources one node can hold."""
+    counts = [node.get("CPU", 0.0) // cpus]
+    if gpus:
+        counts.append(node.get("GPU", 0.0) // gpus)
+    if memory:
+        counts.append(node.get("memory", 0.0) // memory)
+    return int(min(counts))
+
+
+def plan_workers(ray_config: Any, device: str, nodes: Sequence[dict[str, float]]) -> WorkerPlan:
+    """Actor count and resources from ``runtime.ray`` and the resources of the cluster's nodes.
+
+    Defaults: GPUs per actor 1 when the cluster has GPUs; one actor per GPU; CPUs per actor a
+    GPU's share of its node's CPUs (without GPUs: the cluster's CPUs divided by the actors, at
+    most one node's); memory per actor the share of the node that holds the most actors for
+    its memory, so that memory never keeps an actor from a node that has CPUs and GPUs for it.
 
     Args:
         ray_config: a :class:`~vidprop.engines.config.RayConfig`.
         device: ``runtime.device`` ("auto", "cpu", "cuda", "cuda:N", "mps").
-        resources: ``ray.cluster_resources()`` ("CPU", "GPU", "memory" in bytes).
+        nodes: each alive node's total resources ("CPU", "GPU", "memory" in bytes), as in
+            ``ray.nodes()[i]["Resources"]``.
 
     Raises:
-        ConfigError: a device that contradicts the GPU request, or one actor that cannot fit
-            into the cluster.
+        ConfigError: a device that contradicts the GPU request, or an actor that fits no node.
     """
-    cluster_cpus = float(resources.get("CPU", 0))
-    cluster_gpus = float(resources.get("GPU", 0))
-    cluster_memory = float(resources.get("memory", 0))
+    cluster = {key: sum(float(n.get(key, 0.0)) for n in nodes) for key in ("CPU", "GPU", "memory")}
     if device.startswith("cuda:"):
         raise ConfigError(
             f"{device!r}: with the Ray engine each actor uses the GPU that Ray assigns to it (use 'auto' or 'cuda')",
@@ -97,36 +110,55 @@ def plan_workers(ray_config: Any, device: str, resources: dict[str, float]) -> W
         )
     gpus = ray_config.gpus_per_worker
     if gpus is None:
-        gpus = 1.0 if cluster_gpus >= 1 and device in ("auto", "cuda") else 0.0
+        gpus = 1.0 if cluster["GPU"] >= 1 and device in ("auto", "cuda") else 0.0
     if gpus > 0 and device not in ("auto", "cuda"):
         raise ConfigError(f"{gpus:g} GPU(s) per worker requested but runtime.device is {device!r}", key="runtime.ray.gpus_per_worker")
     if gpus == 0 and device == "cuda":
         raise ConfigError("runtime.device is 'cuda' but the workers get no GPU (give --gpus-per-worker 1)", key="runtime.ray.gpus_per_worker")
-    if gpus > cluster_gpus:
+    gpu_nodes = [n for n in nodes if gpus and n.get("GPU", 0.0) >= gpus]
+    if gpus and not gpu_nodes:
         raise ConfigError(
-            f"each worker asks for {gpus:g} GPU(s) but the Ray cluster has {cluster_gpus:g}", key="runtime.ray.gpus_per_worker"
+            f"each worker asks for {gpus:g} GPU(s) but no node of the Ray cluster has that many "
+            f"(the cluster has {cluster['GPU']:g})",
+            key="runtime.ray.gpus_per_worker",
         )
-    workers = ray_config.workers or (max(1, int(cluster_gpus // gpus)) if gpus > 0 else 1)
-    cpus = ray_config.cpus_per_worker or max(1, int(cluster_cpus // workers))
-    if cpus > cluster_cpus:
-        raise ConfigError(f"each worker asks for {cpus} CPUs but the Ray cluster has {cluster_cpus:g}", key="runtime.ray.cpus_per_worker")
+    workers = ray_config.workers or (sum(int(n["GPU"] // gpus) for n in gpu_nodes) if gpus else 1)
+    cpus = ray_config.cpus_per_worker
+    if not cpus and gpus:
+        cpus = min(int(n.get("CPU", 0.0) // (n["GPU"] // gpus)) for n in gpu_nodes)
+    elif not cpus:
+        cpus = min(int(cluster["CPU"] // workers), int(max(n.get("CPU", 0.0) for n in nodes)))
+    cpus = max(1, cpus)
+    hosts = [n for n in nodes if _capacity(n, cpus, gpus) > 0]
+    if not hosts:
+        raise ConfigError(
+            f"no node of the Ray cluster has {cpus} CPUs" + (f" and {gpus:g} GPU(s)" if gpus else "") + " for a worker",
+            key="runtime.ray.cpus_per_worker",
+        )
     if ray_config.memory_per_worker_gb:
         memory = int(ray_config.memory_per_worker_gb * GIB)
     else:
-        memory = int(cluster_memory // workers) // _MIB * _MIB
-    if memory > cluster_memory or memory <= 0:
+        memory = int(min(n.get("memory", 0.0) / min(workers, _capacity(n, cpus, gpus)) for n in hosts)) // _MIB * _MIB
+    if memory <= 0 or not any(_capacity(n, cpus, gpus, memory) for n in hosts):
+        largest = max(n.get("memory", 0.0) for n in hosts)
         raise ConfigError(
-            f"each worker asks for {memory / GIB:.2f} GiB but the Ray cluster's memory resource is {cluster_memory / GIB:.2f} GiB",
+            f"each worker asks for {memory / GIB:.2f} GiB but the largest memory resource of a node that can host it is "
+            f"{largest / GIB:.2f} GiB",
             key="runtime.ray.memory_per_worker_gb",
         )
-    fit = [cluster_cpus // cpus, cluster_memory // memory] + ([cluster_gpus // gpus] if gpus else [])
-    if min(fit) < workers:
+    fit = sum(_capacity(n, cpus, gpus, memory) for n in nodes)
+    if fit < workers:
         logger.warning(
-            "only %d of %d workers fit into the Ray cluster now (%g CPUs, %g GPUs, %.1f GiB); the others start when resources free up",
-            int(min(fit)), workers, cluster_cpus, cluster_gpus, cluster_memory / GIB,
+            "only %d of %d workers fit into the Ray cluster now (%g CPUs, %g GPUs, %.1f GiB in %d node(s)); "
+            "the others start when resources free up",
+            fit, workers, cluster["CPU"], cluster["GPU"], cluster["memory"] / GIB, len(nodes),
         )
     worker_device = "cuda" if gpus > 0 else ("cpu" if device == "auto" else device)
     return WorkerPlan(workers=workers, cpus=cpus, gpus=float(gpus), memory=memory, device=worker_device)
+
+
+def _alive_nodes(ray: Any) -> list[dict[str, float]]:
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
 
 
 def _parse_fault(text: str | None) -> tuple[str, int] | None:
@@ -464,7 +496,7 @@ def run_ray(tasks: Sequence[Task], make_worker: WorkerFactory, config: Any) -> E
     ray = _import_ray()
     started = _connect(ray, config.runtime.ray.address)
     try:
-        plan = plan_workers(config.runtime.ray, config.runtime.device, ray.cluster_resources())
+        plan = plan_workers(config.runtime.ray, config.runtime.device, _alive_nodes(ray))
         return _Driver(ray, tasks, make_worker, config, plan).run()
     finally:
         if started:
