@@ -78,7 +78,9 @@ def test_ray_engine_end_to_end(ray_cluster, davis_root, tmp_path, monkeypatch, c
     assert "3 video(s) done (20 frames), 0 already complete, 0 failed" in capsys.readouterr().out
     assert _messages(caplog, "longest first: dog (10), blackswan (5), car-shadow (5)")
     started = [m.split(": ")[1].split(" started")[0] for m in _messages(caplog, " started (")]
-    assert started[:2] == ["dog", "blackswan"] and sorted(started) == ["blackswan", "car-shadow", "dog", "dog"]
+    # first tries in queue order, longest first (the killed video's retry may come anywhere after)
+    assert list(dict.fromkeys(started)) == ["dog", "blackswan", "car-shadow"]
+    assert sorted(started) == ["blackswan", "car-shadow", "dog", "dog"]
     assert len(_messages(caplog, f"died while running {KILLED} (try 1 of 3)")) == 1, caplog.text
     assert len(_messages(caplog, f"{KILLED} started ({VIDEOS[KILLED]} frames, try 2 of 3)")) == 1
     for name in VIDEOS:

@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _proc_table() -> dict[int, tuple[int, str, float]]:
-    """pid -> (ppid, start time, user + system CPU seconds) of every process, from /proc."""
+def _proc_table() -> dict[int, tuple[int, str, float, str]]:
+    """pid -> (ppid, start time, user + system CPU seconds, name) of every process, from /proc."""
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -51,7 +51,8 @@ def _proc_table() -> dict[int, tuple[int, str, float]]:
         except OSError:
             continue
         fields = text[text.rindex(")") + 2 :].split()
-        table[int(entry)] = (int(fields[1]), fields[19], (int(fields[11]) + int(fields[12])) / _TICK)
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        table[int(entry)] = (int(fields[1]), fields[19], (int(fields[11]) + int(fields[12])) / _TICK, name)
     return table
 
 
@@ -67,6 +68,7 @@ class TreeCPU(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.interval = root, interval
         self.cpu: dict[tuple[int, str], float] = {}
+        self.names: dict[tuple[int, str], str] = {}
         self.done = threading.Event()
 
     def sample(self) -> None:
@@ -74,7 +76,7 @@ class TreeCPU(threading.Thread):
         known = {pid for pid, start in self.cpu if pid in table and table[pid][1] == start}
         tree, frontier = set(), [self.root, *known]
         children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in table.items():
+        for pid, (ppid, _, _, _) in table.items():
             children.setdefault(ppid, []).append(pid)
         while frontier:
             pid = frontier.pop()
@@ -83,8 +85,9 @@ class TreeCPU(threading.Thread):
             tree.add(pid)
             frontier.extend(children.get(pid, ()))
         for pid in tree:
-            _, start, cpu = table[pid]
+            _, start, cpu, name = table[pid]
             self.cpu[(pid, start)] = max(cpu, self.cpu.get((pid, start), 0.0))
+            self.names[(pid, start)] = "the command" if pid == self.root else name
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
@@ -92,6 +95,13 @@ class TreeCPU(threading.Thread):
 
     def total(self) -> float:
         return sum(self.cpu.values())
+
+    def by_name(self) -> dict[str, float]:
+        """CPU seconds per process name (Ray names its processes: raylet, gcs_server, ray::VideoActor, ...)."""
+        out: dict[str, float] = {}
+        for key, cpu in self.cpu.items():
+            out[self.names[key]] = out.get(self.names[key], 0.0) + cpu
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def _children_cpu() -> float:
@@ -135,6 +145,7 @@ def _run(mode: str, root: Path, out: Path, args) -> dict:
     order = re.search(r"dispatch order: (.*)", stderr)
     # rusage_s: exact, but only for the processes their parents waited for (all of them in plain mode)
     return {"mode": mode, "wall_s": wall, "cpu_s": cpu, "rusage_s": rusage, "processes": len(sampler.cpu),
+            "cpu_by_process": sampler.by_name(),
             "order": order.group(1) if order else None}
 
 
@@ -193,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"median cpu: plain {med['plain']['cpu_s']:.2f} s, ray {med['ray']['cpu_s']:.2f} s -> ratio {summary['cpu_ratio']:.3f}")
     print(f"median wall: plain {med['plain']['wall_s']:.2f} s, ray {med['ray']['wall_s']:.2f} s -> ratio {summary['wall_ratio']:.3f}")
+    last_ray = [r for r in results if r["mode"] == "ray"][-1]["cpu_by_process"]
+    print("ray run's CPU by process: " + ", ".join(f"{name} {cpu:.1f} s" for name, cpu in last_ray.items()))
     print(f"masks identical: {same}")
     print(f"dispatch order (frames): {summary['dispatch_order']}")
     print(f"load average after: {summary['load_average_after']}")

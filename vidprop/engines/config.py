@@ -30,12 +30,14 @@ class RayConfig:
         None, help="GPUs per actor (fractions share a GPU); null = 1 when the cluster has GPUs, else 0"
     )
     cpus_per_worker: int = option(
-        0, help="CPUs per actor, also its torch and OpenMP thread count; 0 = the cluster's CPUs divided by the workers"
+        0,
+        help="CPUs per actor, also its torch and OpenMP thread count; 0 = a GPU's share of its node's CPUs "
+        "(without GPUs: the cluster's CPUs divided by the workers, at most one node's)",
     )
     memory_per_worker_gb: float = option(
         0.0,
-        help="host memory declared per actor in GiB (Ray schedules no more actors than fit); "
-        "0 = an equal share of the cluster's memory resource",
+        help="host memory declared per actor in GiB (Ray places no more actors on a node than fit); "
+        "0 = the actor's share of its node's memory resource",
     )
     max_tries: int = option(
         3,
