@@ -28,6 +28,7 @@ Examples:
     python tools/bench_propagation.py --sections dift --repeat 2
     python tools/bench_propagation.py --sections contention --contention-variants fused,baseline
     python tools/bench_propagation.py --crossover 9,32,64,128,256,640   # fused vs torch by channels
+    python tools/bench_propagation.py --device cuda --sections lab,dift --variants torch --dift-variants torch
 """
 
 from __future__ import annotations
@@ -156,9 +157,10 @@ def worker(args) -> None:
         print("RESULT " + json.dumps({"variant": "peak", "gflops": best, "threads": args.threads}), flush=True)
         return
     feats, labels = _lab_inputs(args) if args.source == "lab" else _random_inputs(args)
+    cuda = args.device.startswith("cuda")
     cfg = PropagationConfig(topk=args.topk, n_last_frames=args.n_last_frames, radius=args.radius,
                             temperature=args.temperature, backend="torch" if args.variant == "torch" else "auto",
-                            threads=args.threads)
+                            threads=args.threads, device=None if args.variant == "dense" else args.device)
     if args.variant == "baseline":
         sys.path.insert(0, args.baseline_path)
         from baseline_propagation import LabelPropagator as Baseline
@@ -177,9 +179,13 @@ def worker(args) -> None:
     prop.reset(feats[0], labels)
     masks, walls, cpus = [], [], []
     for f in feats[1:]:
+        if cuda:
+            torch.cuda.synchronize()
         start, cpu = time.perf_counter(), _cpu_seconds()
         soft = prop.step(f)
         mask = prop.to_mask(soft, 8, size)
+        if cuda:
+            torch.cuda.synchronize()
         walls.append(time.perf_counter() - start)
         cpus.append(_cpu_seconds() - cpu)
         masks.append(mask)
@@ -191,6 +197,7 @@ def worker(args) -> None:
         "backend": getattr(prop, "backend", None),
         "seconds_per_frame": sum(walls[-n:]) / n, "cpu_seconds_per_frame": sum(cpus[-n:]) / n,
         "peak_increase_mib": (peak - (baseline_rss or 0)) / 1024,
+        "cuda_peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }), flush=True)
 
 
@@ -209,7 +216,7 @@ def _forward(args) -> list[str]:
     return ["--grid", f"{args.grid[0]}x{args.grid[1]}", "--frames", str(args.frames), "--measure", str(args.measure),
             "--topk", str(args.topk), "--n-last-frames", str(args.n_last_frames), "--radius", str(args.radius),
             "--temperature", str(args.temperature), "--seed", str(args.seed), "--davis-root", str(args.davis_root),
-            "--sequence", args.sequence, "--peak-repeat", str(args.peak_repeat)]
+            "--sequence", args.sequence, "--peak-repeat", str(args.peak_repeat), "--device", args.device]
 
 
 def in_radius_pairs(grid: tuple[int, int], radius: int, slots: int) -> int:
@@ -224,12 +231,14 @@ def _load() -> str:
     return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
-def _section(args, name: str, plan: list[tuple[str, int, str, int]], baseline: Path, tmp: Path) -> dict:
-    """Run (variant, threads, source, channels) entries ``args.repeat`` times, interleaved."""
-    print(f"\n== {name}: {args.repeat} interleaved repetitions; {_load()}", flush=True)
+def _section(args, name: str, plan: list[tuple[str, int, str, int]], baseline: Path, tmp: Path,
+             repeat: int | None = None) -> dict:
+    """Run (variant, threads, source, channels) entries ``repeat`` (default ``args.repeat``) times, interleaved."""
+    repeat = repeat or args.repeat
+    print(f"\n== {name}: {repeat} interleaved repetitions; {_load()}", flush=True)
     runs: dict[tuple, list[dict]] = {}
     masks: dict[tuple, Path] = {}
-    for rep in range(args.repeat):
+    for rep in range(repeat):
         for entry in plan:
             variant, threads, source, channels = entry
             out = tmp / f"{name}-{variant}-{threads}-{rep}.npy"
@@ -281,13 +290,16 @@ def _print_ratios(title: str, summary: dict, base: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default="lab,dift,contention", help="comma-separated: lab, dift, contention")
-    p.add_argument("--variants", default="baseline,fused,torch,dense", help="lab section variants")
+    p.add_argument("--variants", default="baseline,fused,torch", help="lab section variants: baseline, fused, "
+                                                                       "torch, dense (the reference: slow, 4.5 GB)")
     p.add_argument("--dift-variants", default="baseline,torch", help="dift section variants (besides the peak)")
     p.add_argument("--contention-variants", default="fused", help="variants run at 1 and 2 threads beside a busy loop")
     p.add_argument("--crossover", help="comma-separated channel counts: fused vs torch only (random features)")
     p.add_argument("--repeat", type=int, default=3, help="interleaved repetitions per section")
     p.add_argument("--threads", type=int, default=0, help="threads of the lab and dift sections (0 = the cores "
                                                           "this process may use)")
+    p.add_argument("--dift-repeat", type=int, default=0, help="repetitions of the dift section (0 = --repeat)")
+    p.add_argument("--dift-threads", type=int, default=0, help="threads of the dift section (0 = --threads)")
     p.add_argument("--grid", type=lambda t: tuple(int(v) for v in t.lower().split("x")), default=(60, 104))
     p.add_argument("--frames", type=int, default=31, help="frames including the first (31: 2 with full context)")
     p.add_argument("--measure", type=int, default=2, help="time the last N frames")
@@ -299,6 +311,8 @@ def main(argv=None) -> int:
     p.add_argument("--davis-root", type=Path, default=REPO.parent / "shared" / "davis-sample")
     p.add_argument("--sequence", default="cows", help="sequence of the lab section (needs --frames frames)")
     p.add_argument("--peak-repeat", type=int, default=10)
+    p.add_argument("--device", default="cpu", help="device of the baseline and torch variants (e.g. cuda); the "
+                                                   "dense reference runs on the CPU, the fused kernel only there")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -311,6 +325,13 @@ def main(argv=None) -> int:
         worker(args)
         return 0
     from vidprop.propagation.fused import default_threads
+
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print("CUDA not available: GPU figures not measured")
+            return 0
 
     threads = args.threads or default_threads()
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'unknown'})",
@@ -331,11 +352,12 @@ def main(argv=None) -> int:
             results["lab"] = s = _section(args, "lab (9 channels, real frames)", plan, baseline, tmp)
             _print_ratios("lab", s, f"baseline@{threads}")
         if "dift" in sections:
-            plan = [("peak", threads, "random", 640)]
-            plan += [(v.strip(), threads, "random", 640) for v in args.dift_variants.split(",") if v.strip()]
-            results["dift"] = s = _section(args, "dift (640 channels)", plan, baseline, tmp)
-            _print_ratios("dift", s, f"baseline@{threads}")
-            peak = s[f"peak@{threads}"]["gflops"]
+            dift_threads = args.dift_threads or threads
+            plan = [("peak", dift_threads, "random", 640)]
+            plan += [(v.strip(), dift_threads, "random", 640) for v in args.dift_variants.split(",") if v.strip()]
+            results["dift"] = s = _section(args, "dift (640 channels)", plan, baseline, tmp, args.dift_repeat)
+            _print_ratios("dift", s, f"baseline@{dift_threads}")
+            peak = s[f"peak@{dift_threads}"]["gflops"]
             flops = 2 * 640 * in_radius_pairs(args.grid, args.radius, 1 + args.n_last_frames)
             print(f"  dift: peak {peak:.1f} GFLOP/s; unavoidable arithmetic {flops / 1e9:.1f} GFLOP/frame "
                   f"= {flops / 1e9 / peak:.2f} s/frame at peak")
