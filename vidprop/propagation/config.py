@@ -40,7 +40,7 @@ class PropagationConfig:
     block_size: int = option(8, help="side, in feature cells, of the square blocks the grid is tiled into (speed only; results do not depend on it)")
     device: str | None = option(None, help="device for the propagation state, e.g. 'cpu' or 'cuda:0' (null = the first frame's features' device)")
     dtype: str | None = option(None, help="float32 or float64 (null = float32, as the reference)")
-    backend: str = option("auto", help="'fused' (numba window top-k kernel; CPU, float32), 'torch' (tiled matrix products; any device), or 'auto' (fused where it applies and is faster: CPU, float32, at most 160 channels); results are the same")
+    backend: str = option("auto", help="'fused' (numba window top-k kernel; CPU, float32), 'torch' (tiled matrix products; any device), or 'auto' (fused where it applies and is faster: CPU, float32, at most 32 channels); results are the same")
     threads: int | None = option(None, help="CPU threads of the fused kernel (null = the cores this process may use); 'torch' uses torch's own thread setting")
     backward: bool = option(True, help="label the frames before a video's first given mask by propagating backwards in time from it (false: leave them empty)")
 

@@ -46,7 +46,7 @@ MAX_CHANNELS = 256  # masks are uint8 channel indices
 
 # Above this many feature channels the torch backend's matrix products beat the fused kernel's
 # vector loops (measured with tools/bench_propagation.py --crossover; see the README).
-FUSED_MAX_CHANNELS = 160
+FUSED_MAX_CHANNELS = 32
 
 
 @contextlib.contextmanager
