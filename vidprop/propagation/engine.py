@@ -422,8 +422,12 @@ class LabelPropagator:
         return normalize_cells(features.to(device=store.device, dtype=store.dtype))
 
     def _threads(self):
-        fused_backend = self._backend is not None and self._backend.name == "fused"
-        return _one_torch_thread() if fused_backend else contextlib.nullcontext()
+        """Thread settings of one step: the fused kernel's workers (``config.threads``, read at every
+        step, so it may change between frames) and one torch thread around the fused backend."""
+        if self._backend is None or self._backend.name != "fused":
+            return contextlib.nullcontext()
+        self._backend.threads = self.config.threads or fused.default_threads()
+        return _one_torch_thread()
 
     @torch.inference_mode()
     def step(self, features: Tensor) -> Tensor:
