@@ -303,6 +303,14 @@ def test_backends_and_thread_counts_agree():
         assert prop.backend == backend
         outs[backend, threads] = torch.stack([prop.step(f) for f in feats[1:]])
     torch.testing.assert_close(outs["fused", 3], outs["fused", 1], rtol=0, atol=0)
+    # threads is read at every step: changing it between frames changes nothing in the results
+    prop = LabelPropagator(PropagationConfig(topk=15, n_last_frames=4, radius=5, backend="fused", threads=2))
+    prop.reset(feats[0], labels)
+    switched = []
+    for i, f in enumerate(feats[1:]):
+        prop.config = dataclasses.replace(prop.config, threads=1 + i % 3)
+        switched.append(prop.step(f))
+    torch.testing.assert_close(torch.stack(switched), outs["fused", 1], rtol=0, atol=0)
     torch.testing.assert_close(outs["fused", 1], outs["torch", None], rtol=1e-5, atol=1e-6)
     for a, b in zip(outs["fused", 1], outs["torch", None]):
         np.testing.assert_array_equal(labels_to_mask(a, 8, (184, 248)), labels_to_mask(b, 8, (184, 248)))
