@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,7 @@ def test_defaults_are_the_papers_davis_setting():
     p = cfg.propagation
     assert (p.topk, p.n_last_frames, p.radius, p.temperature) == (15, 28, 15, 0.2)
     rt = cfg.runtime
-    assert (rt.device, rt.dtype, rt.seed, rt.num_shards, rt.shard_index) == ("auto", "float32", 0, 1, 0)
+    assert (rt.device, rt.dtype, rt.num_shards, rt.shard_index) == ("auto", "float32", 1, 0)
     assert not (rt.overwrite or rt.fail_fast or rt.overlay)
 
 
@@ -67,8 +69,8 @@ def test_overrides_are_parsed_as_yaml_and_applied_after_the_file(tmp_path):
     assert cfg.features.dift.revision is None
     assert cfg.propagation.temperature == 1.0 and isinstance(cfg.propagation.temperature, float)
     # later overrides win; (key, value) pairs and mappings work too
-    assert load_config(None, ["runtime.seed=1", ("runtime.seed", 2)]).runtime.seed == 2
-    assert load_config(None, {"runtime.seed": 3}).runtime.seed == 3
+    assert load_config(None, ["propagation.topk=1", ("propagation.topk", 2)]).propagation.topk == 2
+    assert load_config(None, {"propagation.topk": 3}).propagation.topk == 3
     # a whole section as a YAML mapping merges into the defaults
     cfg = load_config(None, ["propagation={topk: 3, radius: 4}"])
     assert (cfg.propagation.topk, cfg.propagation.radius, cfg.propagation.n_last_frames) == (3, 4, 28)
@@ -163,6 +165,40 @@ def test_result_fingerprint_follows_only_result_options():
     ]
     for overrides in same:
         assert result_fingerprint(base.with_overrides(overrides)) == fp, overrides
-    different = [["propagation.topk=10"], ["features.dift.timestep=101"], ["runtime.seed=1"], ["features.backend=lab"]]
+    different = [["propagation.topk=10"], ["features.dift.timestep=101"], ["features.dift.seed=1"], ["features.backend=lab"]]
     for overrides in different:
         assert result_fingerprint(base.with_overrides(overrides)) != fp, overrides
+
+
+def test_config_modules_import_without_torch_or_opencv():
+    # The configs are plain data: loading them (and building the CLI) must not pay for torch or OpenCV.
+    code = (
+        "import sys; import vidprop.config, vidprop.cli; vidprop.cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'cv2', 'numpy', 'diffusers') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_retired_key_in_an_old_config_file_is_dropped_with_a_warning(tmp_path, caplog):
+    old = tmp_path / "config.yaml"  # as vidprop 0.1.0 wrote it
+    old.write_text("vidprop_version: 0.1.0\nruntime:\n  device: cpu\n  seed: 0\npropagation:\n  topk: 7\n")
+    with caplog.at_level("WARNING", logger="vidprop"):
+        cfg = load_config(old)
+    assert (cfg.runtime.device, cfg.propagation.topk) == ("cpu", 7)
+    assert "runtime.seed" in caplog.text and str(old) in caplog.text
+    with pytest.raises(ConfigError, match="runtime.seed"):  # an explicit override is still strict
+        load_config(None, ["runtime.seed=1"])
+
+
+@pytest.mark.parametrize(
+    "name, ok",
+    [("auto", True), ("cpu", True), ("cuda", True), ("cuda:1", True), ("mps", True), ("mps:0", True),
+     ("cpu:0", False), ("gpu", False), ("cuda:x", False), ("", False), (None, False), (3, False)],
+)
+def test_device_names_are_checked_without_torch(name, ok):
+    from vidprop.device import is_device_name
+
+    assert is_device_name(name) is ok
+    assert is_device_name("auto", auto=False) is False

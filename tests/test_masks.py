@@ -194,8 +194,9 @@ def test_write_mask_error_leaves_no_partial_file(multi_object_mask, tmp_path, mo
 
 
 def test_write_mask_rejects_bad_arrays(tmp_path):
-    with pytest.raises(ShapeError, match=r"\(H, W\) integer array"):
+    with pytest.raises(ShapeError, match=r"\(H, W\) integer array") as info:
         write_mask(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    assert info.value.path == str(tmp_path / "a.png")  # the error names the file, like every InputError
     with pytest.raises(ShapeError, match=r"\(H, W\) integer array"):
         write_mask(tmp_path / "a.png", np.zeros((4, 4), np.float32))
     with pytest.raises(ShapeError, match="0..255"):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import write_mp4
 from vidprop.config import load_config
+from vidprop.device import resolve_device
 from vidprop.errors import ConfigError, MaskError, SourceError
 from vidprop.io.atomic import COMPLETE_MARKER, is_complete
 from vidprop.io.masks import davis_palette, read_mask, write_mask
@@ -26,7 +27,6 @@ from vidprop.pipeline import (
     VideoPipeline,
     find_videos,
     propagate_video,
-    resolve_device,
     resolve_runtime,
     run_videos,
     select_shard,

@@ -54,7 +54,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vidprop.features.base import resolve_device  # noqa: E402
+from vidprop.device import resolve_device  # noqa: E402
 from vidprop.features.config import DiftConfig  # noqa: E402
 from vidprop.features.dift_sd import DiftExtractor  # noqa: E402
 

@@ -13,8 +13,7 @@ that has it)::
         --baseline-python /work/ext/venv/bin/python --processes 2 --repeat 3
 
 A baseline whose path is not given is skipped. Two vidprop timings are shown: the scorer alone
-(``vidprop.scoring``: evaluate and table; no CSVs, since ``vidprop.io`` imports torch) and the whole
-``vidprop evaluate`` command (which also imports the other sub-commands' modules, torch included).
+(``vidprop.scoring``: evaluate and table, no CSVs) and the whole ``vidprop evaluate`` command.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The scorer alone: no CSVs, because vidprop.io (atomic_write) currently imports torch. With a 7th
+# The scorer alone: evaluate and table, no CSVs. With a 7th
 # argument "torch", torch runs first: forking is then unsafe and the scorer works in threads.
 SCORER_ONLY = """
 import sys

@@ -12,7 +12,7 @@ The public API, loaded lazily so that ``import vidprop`` loads no model, no torc
 
 from __future__ import annotations
 
-import importlib
+from vidprop.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -45,16 +45,4 @@ _EXPORTS = {
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vidprop' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -24,6 +24,7 @@ import yaml
 
 from vidprop import __version__
 from vidprop.config_base import check, from_dict, option, to_dict
+from vidprop.device import COMPUTE_DTYPES, is_device_name
 from vidprop.engines.config import RayConfig
 from vidprop.errors import ConfigError
 from vidprop.features.config import FeatureConfig
@@ -39,13 +40,16 @@ __all__ = [
     "config_to_yaml",
     "parse_override",
     "result_fingerprint",
-    "DTYPES",
 ]
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("float32", "float16", "bfloat16")
 VERSION_KEY = "vidprop_version"
+
+# Keys that earlier versions wrote into config.yaml: a file holding one loads, with a warning.
+RETIRED_KEYS: dict[str, str] = {
+    "runtime.seed": "it seeded a random generator that nothing draws from (DIFT's noise draws use features.dift.seed)",
+}
 
 # "a.b=value" strings and/or (dotted key, value) pairs, or a mapping of dotted keys to values.
 Overrides = Iterable["str | tuple[str, Any]"] | Mapping[str, Any]
@@ -57,11 +61,6 @@ class RuntimeConfig:
 
     device: str = option("auto", help="torch device: 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'")
     dtype: str = option("float32", help="compute dtype of the feature extractor: float32, float16 or bfloat16")
-    seed: int = option(
-        0,
-        help="seed of torch's global random generator, set at the start of every video so that results do not "
-        "depend on the order of videos (DIFT's noise draws use features.dift.seed and features.adm.seed; the --seed flag sets all three)",
-    )
     num_shards: int = option(1, help="split the videos into this many shards (taken from WORLD_SIZE under torchrun)")
     shard_index: int = option(0, help="which shard this process runs, 0 <= shard_index < num_shards (RANK under torchrun)")
     overwrite: bool = option(False, help="redo videos whose outputs are already complete")
@@ -78,9 +77,8 @@ class RuntimeConfig:
     ray: RayConfig = option(default_factory=RayConfig, help="the Ray engine's cluster, workers and retries")
 
     def __post_init__(self) -> None:
-        check(_valid_device(self.device), "device", self.device, "'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'")
-        check(self.dtype in DTYPES, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")
-        check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        check(is_device_name(self.device), "device", self.device, "'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'")
+        check(self.dtype in COMPUTE_DTYPES, "dtype", self.dtype, f"one of {', '.join(COMPUTE_DTYPES)}")
         check(self.num_shards >= 1, "num_shards", self.num_shards, "an integer >= 1")
         check(
             0 <= self.shard_index < self.num_shards,
@@ -96,13 +94,6 @@ class RuntimeConfig:
         )
 
 
-def _valid_device(device: str) -> bool:
-    if device in ("auto", "cpu", "cuda", "mps"):
-        return True
-    kind, _, index = device.partition(":")
-    return kind in ("cuda", "mps") and index.isdigit()
-
-
 @dataclasses.dataclass(frozen=True)
 class VidpropConfig:
     """Every option of a run, one section per stage; defaults are the paper's DAVIS setting."""
@@ -111,7 +102,7 @@ class VidpropConfig:
     features: FeatureConfig = option(default_factory=FeatureConfig, help="feature extractor backend and cache")
     propagation: PropagationConfig = option(default_factory=PropagationConfig, help="label propagation")
     scoring: ScoringConfig = option(default_factory=ScoringConfig, help="DAVIS J&F scoring")
-    runtime: RuntimeConfig = option(default_factory=RuntimeConfig, help="device, dtype, seed, sharding, resume")
+    runtime: RuntimeConfig = option(default_factory=RuntimeConfig, help="device, dtype, sharding, resume, overlays")
 
     def replace(self, **sections: Any) -> "VidpropConfig":
         """A copy with whole sections replaced, e.g. ``cfg.replace(runtime=rt)``."""
@@ -195,7 +186,19 @@ def _read_yaml(path: Path) -> dict:
     version = data.pop(VERSION_KEY, None)
     if version is not None and str(version) != __version__:
         logger.info("%s was written by vidprop %s (this is %s)", path, version, __version__)
+    _drop_retired(data, path)
     return data
+
+
+def _drop_retired(tree: dict, path: Path) -> None:
+    for dotted, why in RETIRED_KEYS.items():
+        *sections, name = dotted.split(".")
+        node: Any = tree
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and name in node:
+            del node[name]
+            logger.warning("%s: ignoring %s, an option this version of vidprop no longer has: %s", path, dotted, why)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Overrides = ()) -> VidpropConfig:
@@ -267,7 +270,6 @@ def result_fingerprint(cfg: VidpropConfig) -> str:
     data.pop("scoring", None)
     data.get("data", {}).pop("prefetch", None)
     data.get("features", {}).pop("cache", None)
-    data["seed"] = cfg.runtime.seed
     data["dtype"] = cfg.runtime.dtype
     text = json.dumps(_yaml_safe(data), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Any, Callable
 
+from vidprop.config import VidpropConfig, load_config
 from vidprop.config_base import iter_fields
 
 __all__ = [
@@ -50,8 +51,7 @@ class Shorthand:
 SHORTHANDS: tuple[Shorthand, ...] = (
     Shorthand("--device", "runtime.device", metavar="DEVICE"),
     Shorthand("--dtype", "runtime.dtype", metavar="DTYPE"),
-    # One seed for the whole run: torch's global generator and DIFT's noise draws.
-    Shorthand("--seed", "runtime.seed", int, metavar="N", also=("features.dift.seed", "features.adm.seed")),
+    Shorthand("--seed", "features.dift.seed", int, metavar="N", also=("features.adm.seed",)),
     Shorthand("--backend", "features.backend", metavar="NAME"),
     Shorthand("--model", "features.dift.model_id", metavar="ID_OR_DIR"),
     Shorthand("--cache-dir", "features.cache.dir", metavar="DIR"),
@@ -72,10 +72,8 @@ SHORTHANDS: tuple[Shorthand, ...] = (
 )
 
 
-def _config_fields() -> dict[str, tuple[Any, Any, str]]:
-    from vidprop.config import VidpropConfig
-
-    return {key: (tp, default, help_) for key, tp, default, help_ in iter_fields(VidpropConfig)}
+def _config_help() -> dict[str, str]:
+    return {key: help_ for key, _, _, help_ in iter_fields(VidpropConfig)}
 
 
 def _escape(text: str) -> str:
@@ -85,7 +83,7 @@ def _escape(text: str) -> str:
 def config_keys_help() -> str:
     """One line per config key (``key = default  help``), for ``--help`` epilogs."""
     lines = ["config keys (set with --set KEY=VALUE or in the --config YAML file):"]
-    for key, (_, default, help_) in _config_fields().items():
+    for key, _, default, help_ in iter_fields(VidpropConfig):
         lines.append(f"  {key} = {_yaml_text(default)}\n      {help_}")
     return "\n".join(lines)
 
@@ -102,49 +100,16 @@ def _dest(shorthand: Shorthand) -> str:
 
 
 def _add_shorthands(group: argparse._ArgumentGroup, which: str, flags: tuple[str, ...] | None = None) -> None:
+    fields = _config_help()
     for sh in SHORTHANDS:
         if sh.group != which or (flags is not None and sh.flag not in flags):
             continue
-        help_ = _set_equivalent(sh)  # completed from the field's help line by _complete_help
+        equivalent = " and ".join(f"--set {key}=..." for key in (sh.key, *sh.also))
+        help_ = _escape(f"{fields[sh.key]} (= {equivalent})")
         if sh.type is None:
-            action = group.add_argument(sh.flag, dest=_dest(sh), action="store_const", const=True, default=None, help=help_)
+            group.add_argument(sh.flag, dest=_dest(sh), action="store_const", const=True, default=None, help=help_)
         else:
-            action = group.add_argument(sh.flag, dest=_dest(sh), type=sh.type, default=None, metavar=sh.metavar, help=help_)
-        action.config_key = sh.key  # type: ignore[attr-defined]
-        action.set_equivalent = help_  # type: ignore[attr-defined]
-
-
-def _set_equivalent(sh: Shorthand) -> str:
-    return "= " + " and ".join(f"--set {key}=..." for key in (sh.key, *sh.also))
-
-
-def _complete_help(parser: argparse.ArgumentParser) -> None:
-    """Fill in help lines from the config fields, when help is shown.
-
-    Done lazily because the config classes import torch (seconds); building the parser must
-    stay cheap for every command, e.g. ``vidprop evaluate``.
-    """
-    fields = _config_fields()
-    for action in parser._actions:
-        key = getattr(action, "config_key", None)
-        if key is not None and not getattr(action, "help_completed", False):
-            action.help = _escape(f"{fields[key][2]} ({action.set_equivalent})")
-            action.help_completed = True  # type: ignore[attr-defined]
-    if parser.epilog is None:
-        parser.epilog = config_keys_help()
-
-
-def _install_help_hook(parser: argparse.ArgumentParser) -> None:
-    if getattr(parser, "_vidprop_help_hook", False):
-        return
-    format_help = parser.format_help
-
-    def complete_then_format() -> str:
-        _complete_help(parser)
-        return format_help()
-
-    parser.format_help = complete_then_format  # type: ignore[method-assign]
-    parser._vidprop_help_hook = True  # type: ignore[attr-defined]
+            group.add_argument(sh.flag, dest=_dest(sh), type=sh.type, default=None, metavar=sh.metavar, help=help_)
 
 
 def add_config_options(parser: argparse.ArgumentParser, set_help: str = "") -> None:
@@ -165,15 +130,13 @@ def add_config_options(parser: argparse.ArgumentParser, set_help: str = "") -> N
         help="override one config key, e.g. --set propagation.topk=10 (repeatable; value parsed as YAML)" + set_help,
     )
     _add_shorthands(group, "config")
-    parser.epilog = None  # the config keys, filled in when help is shown
+    parser.epilog = config_keys_help()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    _install_help_hook(parser)
 
 
 def add_run_options(parser: argparse.ArgumentParser, flags: tuple[str, ...] | None = None) -> None:
     """Resume/failure/overlay switches of commands that write per-video outputs (``flags``: a subset)."""
     _add_shorthands(parser.add_argument_group("run control"), "run", flags)
-    _install_help_hook(parser)
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -182,7 +145,6 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument_group("engine", "where the videos run (--engine ray: a Ray cluster; pip install 'vidprop[ray]')"),
         "engine",
     )
-    _install_help_hook(parser)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -191,7 +153,6 @@ def config_from_args(args: argparse.Namespace):
     Raises:
         ConfigError: a Ray engine flag (``--workers``, ...) while the engine is not ``ray``.
     """
-    from vidprop.config import load_config
     from vidprop.errors import ConfigError
 
     overrides: list[Any] = list(getattr(args, "overrides", None) or [])

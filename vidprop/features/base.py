@@ -15,6 +15,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
+from vidprop.device import dtype_name, resolve_device, torch_dtype
 from vidprop.errors import ConfigError, ShapeError
 
 __all__ = [
@@ -25,7 +26,6 @@ __all__ = [
     "create_extractor",
     "list_extractors",
     "check_images",
-    "resolve_device",
 ]
 
 
@@ -149,11 +149,7 @@ def create_extractor(name_or_config: Any, **overrides: Any) -> FeatureExtractor:
     from vidprop.features.config import FeatureConfig
 
     device = resolve_device(overrides.pop("device", None) or "cpu")
-    dtype = overrides.pop("dtype", None) or torch.float32
-    if isinstance(dtype, str):
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ConfigError(f"unknown dtype {dtype!r} (expected float32, float16 or bfloat16)", key="dtype")
-        dtype = getattr(torch, dtype)
+    dtype = torch_dtype(dtype_name(overrides.pop("dtype", None) or "float32"))
     if isinstance(name_or_config, str):
         spec = _spec(name_or_config)
         config = spec.config_class()
@@ -174,19 +170,6 @@ def create_extractor(name_or_config: Any, **overrides: Any) -> FeatureExtractor:
                 raise ConfigError(f"unknown option of backend {spec.name!r}{hint}", key=f"features.{spec.config_field}.{key}")
         config = dataclasses.replace(config, **overrides)
     return spec.factory(config, device=device, dtype=dtype)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> cuda, then mps, then cpu; anything else as ``torch.device``."""
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"invalid device {device!r} (expected auto, cpu, cuda, cuda:N or mps)", key="runtime.device") from exc
 
 
 def check_images(images: torch.Tensor, stride: int, name: str = "images") -> tuple[int, int]:

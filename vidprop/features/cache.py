@@ -27,8 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from vidprop.device import torch_dtype
 from vidprop.errors import ConfigError, ShapeError
 from vidprop.features.base import FeatureExtractor
+from vidprop.features.config import CACHE_DTYPES
 from vidprop.io.atomic import atomic_write
 
 __all__ = ["FeatureCache", "CachedExtractor", "cached_extractor", "key_hash"]
@@ -36,7 +38,6 @@ __all__ = ["FeatureCache", "CachedExtractor", "cached_extractor", "key_hash"]
 logger = logging.getLogger(__name__)
 
 MAGIC = b"VIDPROP-FEATURES-1\n"
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -76,11 +77,11 @@ class FeatureCache:
     """
 
     def __init__(self, dir: str | os.PathLike, key: dict, dtype: str = "float16"):
-        if dtype not in _DTYPES:
-            raise ConfigError(f"invalid value {dtype!r} (expected one of {', '.join(_DTYPES)})", key="features.cache.dtype")
+        if dtype not in CACHE_DTYPES:
+            raise ConfigError(f"invalid value {dtype!r} (expected one of {', '.join(CACHE_DTYPES)})", key="features.cache.dtype")
         self.root = Path(dir)
         self.dtype_name = dtype
-        self.dtype = _DTYPES[dtype]
+        self.dtype = torch_dtype(dtype)
         self.key = {**key, "cache_dtype": dtype}
         self.hash = key_hash(self.key)
         self.folder = self.root / self.hash[:16]

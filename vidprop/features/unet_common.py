@@ -19,21 +19,20 @@ from typing import Any, Callable, Hashable, Iterable, Mapping
 import torch
 from torch import nn
 
+from vidprop.device import COMPUTE_DTYPES, dtype_name
 from vidprop.errors import ConfigError
 
-__all__ = ["SUPPORTED_DTYPES", "check_dtype", "to_device", "frame_generator", "BlockCapture", "Removed", "files_fingerprint"]
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+__all__ = ["check_dtype", "to_device", "frame_generator", "BlockCapture", "Removed", "files_fingerprint"]
 
 
 def check_dtype(dtype: torch.dtype) -> torch.dtype:
-    """``dtype`` if a backend can compute in it.
+    """``dtype`` if a backend can compute in it (:data:`vidprop.device.COMPUTE_DTYPES`).
 
     Raises:
         ConfigError: (key ``runtime.dtype``) anything but float32, float16, bfloat16.
     """
-    if dtype not in SUPPORTED_DTYPES:
-        raise ConfigError(f"unsupported dtype {dtype} (expected float32, float16 or bfloat16)", key="runtime.dtype")
+    if dtype_name(dtype) not in COMPUTE_DTYPES:
+        raise ConfigError(f"unsupported dtype {dtype} (expected {', '.join(COMPUTE_DTYPES)})", key="runtime.dtype")
     return dtype
 
 

@@ -391,14 +391,14 @@ def write_mask(path: str | Path, ids: np.ndarray, palette: np.ndarray | None = N
     """
     ids = np.asarray(ids)
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ShapeError(f"{path}: a mask must be an (H, W) integer array, got shape {ids.shape} dtype {ids.dtype}")
+        raise ShapeError(f"a mask must be an (H, W) integer array, got shape {ids.shape} dtype {ids.dtype}", path)
     if ids.dtype != np.uint8:
         if ids.size and (ids.min() < 0 or ids.max() > 255):
-            raise ShapeError(f"{path}: object ids must be in 0..255, got {int(ids.min())}..{int(ids.max())}")
+            raise ShapeError(f"object ids must be in 0..255, got {int(ids.min())}..{int(ids.max())}", path)
         ids = ids.astype(np.uint8)
     colours = davis_palette() if palette is None else np.asarray(palette)
     if colours.ndim != 2 or colours.shape[1] != 3 or not 1 <= colours.shape[0] <= 256:
-        raise ShapeError(f"{path}: a palette must be an (N, 3) array with N <= 256, got shape {colours.shape}")
+        raise ShapeError(f"a palette must be an (N, 3) array with N <= 256, got shape {colours.shape}", path)
     image = Image.fromarray(np.ascontiguousarray(ids))  # mode "L"; putpalette makes it "P"
     image.putpalette(colours.astype(np.uint8).ravel().tolist())
     return atomic_save(path, lambda tmp: image.save(tmp, format="PNG"))

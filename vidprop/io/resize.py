@@ -17,13 +17,14 @@ from DINO's ``eval_video_segmentation.py``):
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import cv2
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from vidprop.config_base import check
 from vidprop.errors import ShapeError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 __all__ = ["ResizePolicy"]
 
@@ -63,7 +64,7 @@ class ResizePolicy:
         height, width = self.target_size(size_hw)
         return height // stride, width // stride
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
+    def __call__(self, image: "np.ndarray") -> "torch.Tensor":
         """Resize and scale one frame.
 
         Args:
@@ -72,6 +73,11 @@ class ResizePolicy:
         Returns:
             (3, h, w) float32 tensor in [-1, 1], with (h, w) = ``target_size((H, W))``.
         """
+        # Imported here: DataConfig validates through this class, and configs load without OpenCV or torch.
+        import cv2
+        import numpy as np
+        import torch
+
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ShapeError(f"expected an (H, W, 3) uint8 RGB image, got shape {image.shape} dtype {image.dtype}")
         height, width = self.target_size(image.shape[:2])

@@ -16,13 +16,13 @@ from vidprop.pipeline.batch import (
     find_videos,
     is_finished,
     list_videos,
+    resolve_runtime,
     run_videos,
     select_shard,
 )
 from vidprop.pipeline.davis import REFERENCE_CONTEXT_CAPS, DavisRun, davis_jobs, run_davis, score_davis
 from vidprop.pipeline.fill_cache import extract
 from vidprop.pipeline.inputs import ArrayFrameSource, as_frame_source, as_label_mask
-from vidprop.pipeline.runtime import distributed_env, resolve_device, resolve_runtime, torch_dtype
 from vidprop.pipeline.video import PropagatedFrame, VideoPipeline, propagate_video
 
 __all__ = [
@@ -48,8 +48,5 @@ __all__ = [
     "run_davis",
     "score_davis",
     "extract",
-    "distributed_env",
-    "resolve_device",
     "resolve_runtime",
-    "torch_dtype",
 ]

@@ -13,13 +13,13 @@ from typing import Any, Callable, Iterable, Sequence
 
 from vidprop import __version__
 from vidprop.config import VidpropConfig, dump_config, result_fingerprint
+from vidprop.device import distributed_env
 from vidprop.engines import Task, failed_outcome, run_tasks
 from vidprop.errors import ConfigError, MaskError, SourceError, VidpropError
 from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info, remove_stale_temporaries
 from vidprop.io.frames import FrameSource, is_image_file, is_video_file, natural_key, open_source
 from vidprop.io.masks import check_mask_file, list_mask_files, read_mask, write_mask
 from vidprop.log import progress
-from vidprop.pipeline.runtime import resolve_runtime
 from vidprop.pipeline.video import VideoPipeline
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "is_finished",
     "MaskWriter",
     "run_videos",
+    "resolve_runtime",
 ]
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,32 @@ def find_videos(
         VideoJob(name=name, source=path, mask=_first_mask_in(Path(masks_dir), name), out_dir=out_dir / name)
         for name, path in videos
     ]
+
+
+def resolve_runtime(cfg: VidpropConfig) -> VidpropConfig:
+    """Apply torchrun's RANK/WORLD_SIZE to ``runtime.num_shards``/``shard_index`` when present.
+
+    Raises:
+        ConfigError: explicit sharding that disagrees with torchrun's world size.
+    """
+    env = distributed_env()
+    if env is None or env[1] <= 1:
+        return cfg
+    rank, world_size, _ = env
+    rt = cfg.runtime
+    if rt.engine != "local":
+        raise ConfigError(
+            f"torchrun started {world_size} processes, but the {rt.engine!r} engine runs the videos on its own "
+            "workers: start one process without torchrun",
+            key="runtime.engine",
+        )
+    if rt.num_shards not in (1, world_size):
+        raise ConfigError(
+            f"{rt.num_shards} shards requested but torchrun started {world_size} processes "
+            "(leave --num-shards unset under torchrun)",
+            key="runtime.num_shards",
+        )
+    return cfg.replace(runtime=dataclasses.replace(rt, num_shards=world_size, shard_index=rank))
 
 
 def select_shard(items: Sequence[Any], num_shards: int, shard_index: int, key: Callable[[Any], str] | None = None) -> list[Any]:

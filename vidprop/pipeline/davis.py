@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vidprop.config import VidpropConfig, result_fingerprint
-from vidprop.pipeline.batch import RunSummary, VideoJob, is_finished, run_videos
-from vidprop.pipeline.runtime import resolve_runtime
+from vidprop.pipeline.batch import RunSummary, VideoJob, is_finished, resolve_runtime, run_videos
 from vidprop.pipeline.video import VideoPipeline
 
 __all__ = ["DavisRun", "REFERENCE_CONTEXT_CAPS", "davis_jobs", "run_davis", "score_davis"]

@@ -14,9 +14,8 @@ from vidprop.engines import Task, failed_outcome, run_tasks
 from vidprop.errors import ConfigError, InputError
 from vidprop.io.frames import FrameSource, open_source
 from vidprop.log import progress
-from vidprop.pipeline.batch import RunSummary, VideoOutcome, cache_id, list_videos, select_shard
+from vidprop.pipeline.batch import RunSummary, VideoOutcome, cache_id, list_videos, resolve_runtime, select_shard
 from vidprop.pipeline.davis import davis_jobs
-from vidprop.pipeline.runtime import resolve_runtime
 from vidprop.pipeline.video import VideoPipeline
 
 __all__ = ["extract", "FeatureFiller"]

@@ -22,7 +22,7 @@ from vidprop.io.frames import Frame, FrameSource
 from vidprop.io.masks import labels_to_onehot
 from vidprop.io.prefetch import prefetch
 from vidprop.pipeline.inputs import as_frame_source, as_label_mask
-from vidprop.pipeline.runtime import resolve_device, torch_dtype
+from vidprop.device import resolve_device, torch_dtype
 
 __all__ = ["PropagatedFrame", "VideoPipeline", "propagate_video"]
 
@@ -154,7 +154,6 @@ class VideoPipeline:
         source = as_frame_source(frames_or_path, self.config.data)
         label_mask = as_label_mask(first_mask, source.size)
         object_ids = label_mask.object_ids
-        torch.manual_seed(self.config.runtime.seed)
         propagator = LabelPropagator(self._propagation_config(n_last_frames))
         stride = self.extractor.stride
         for frame, features in self.frames_with_features(source, video_id):

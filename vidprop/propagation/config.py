@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from vidprop.config_base import check, option
+from vidprop.device import is_device_name, torch_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["PropagationConfig", "MIN_TEMPERATURE", "DTYPES", "BACKENDS"]
 
 # exp(cos / temperature) must stay finite in float32 for |cos| <= 1: exp(88) < 3.4e38 < exp(89).
 MIN_TEMPERATURE = 1.0 / 88.0
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = ("float32", "float64")
 
 # Names accepted by ``backend`` (the implementations are registered in vidprop.propagation.engine).
 BACKENDS = ("auto", "fused", "torch")
@@ -55,13 +58,10 @@ class PropagationConfig:
         )
         check(_is_int(self.memory_budget_mib) and self.memory_budget_mib >= 16, "memory_budget_mib", self.memory_budget_mib, "an integer >= 16")
         check(_is_int(self.block_size) and 1 <= self.block_size <= 64, "block_size", self.block_size, "an integer in [1, 64]")
-        if self.device is not None:
-            try:
-                torch.device(self.device)
-                ok = True
-            except (RuntimeError, TypeError):
-                ok = False
-            check(ok, "device", self.device, "null or a torch device string such as 'cpu' or 'cuda:0'")
+        check(
+            self.device is None or is_device_name(self.device, auto=False),
+            "device", self.device, "null or a torch device string such as 'cpu' or 'cuda:0'",
+        )
         check(self.dtype is None or self.dtype in DTYPES, "dtype", self.dtype, "null, 'float32' or 'float64'")
         check(self.backend in BACKENDS, "backend", self.backend, "one of " + ", ".join(repr(b) for b in BACKENDS))
         check(self.threads is None or (_is_int(self.threads) and self.threads >= 1), "threads", self.threads,
@@ -69,6 +69,6 @@ class PropagationConfig:
         check(isinstance(self.backward, bool), "backward", self.backward, "true or false")
 
     @property
-    def torch_dtype(self) -> torch.dtype:
+    def torch_dtype(self) -> "torch.dtype":
         """The compute dtype (float32 unless ``dtype`` says otherwise)."""
-        return DTYPES[self.dtype or "float32"]
+        return torch_dtype(self.dtype or "float32")

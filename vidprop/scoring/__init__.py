@@ -1,24 +1,23 @@
 """Scoring stage: DAVIS-2017 J&F, identical to the official evaluation, and fast.
 
-Importing this package imports numpy and OpenCV only (no torch), so that ``vidprop evaluate``
-starts quickly.
+Names load lazily: ``vidprop.scoring.config`` imports without numpy or OpenCV, and the scorer
+itself imports numpy and OpenCV only (no torch), so that ``vidprop evaluate`` starts quickly.
 """
 
-from vidprop.scoring.config import ScoringConfig
-from vidprop.scoring.evaluate import DavisScores, ObjectScores, evaluate_davis, evaluate_folders
-from vidprop.scoring.measures import boundary_f_measure, boundary_map, region_similarity, sequence_statistics
-from vidprop.scoring.report import format_table, write_reports
+from vidprop.lazy import lazy_exports
 
-__all__ = [
-    "ScoringConfig",
-    "DavisScores",
-    "ObjectScores",
-    "evaluate_davis",
-    "evaluate_folders",
-    "write_reports",
-    "format_table",
-    "region_similarity",
-    "boundary_f_measure",
-    "boundary_map",
-    "sequence_statistics",
-]
+_EXPORTS = {
+    "ScoringConfig": "config",
+    "DavisScores": "evaluate",
+    "ObjectScores": "evaluate",
+    "evaluate_davis": "evaluate",
+    "evaluate_folders": "evaluate",
+    "write_reports": "report",
+    "format_table": "report",
+    "region_similarity": "measures",
+    "boundary_f_measure": "measures",
+    "boundary_map": "measures",
+    "sequence_statistics": "measures",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

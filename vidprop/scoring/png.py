@@ -93,6 +93,6 @@ def read_ids(path: str | Path) -> np.ndarray:
     ids = _decode_unfiltered(data)
     if ids is not None:
         return ids
-    from vidprop.io.masks import read_label_image  # imports torch: only for the uncommon PNGs
+    from vidprop.io.masks import read_label_image  # Pillow: only for the uncommon PNGs
 
     return read_label_image(path)

@@ -6,6 +6,7 @@ import math
 import os
 from pathlib import Path
 
+from vidprop.io.atomic import atomic_write
 from vidprop.scoring.evaluate import GLOBAL_COLUMNS, DavisScores
 
 __all__ = ["write_reports", "format_table", "global_csv_name", "per_sequence_csv_name", "PER_SEQUENCE_COLUMNS"]
@@ -41,8 +42,6 @@ def write_reports(scores: DavisScores, out_dir: str | os.PathLike, split: str = 
     Returns:
         (global_csv_path, per_sequence_csv_path).
     """
-    from vidprop.io.atomic import atomic_write  # imported here: vidprop.io imports torch
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     global_rows = [list(GLOBAL_COLUMNS), [_csv_number(v) for v in scores.global_stats().values()]]
