@@ -53,7 +53,7 @@ class SharedFeatures:
     """
 
     def __init__(self, settings: Sequence[Any]):
-        from vidprop.pipeline import resolve_device, torch_dtype
+        from vidprop.device import resolve_device, torch_dtype
 
         self.settings = list(settings)
         base = self.settings[0]
