@@ -164,7 +164,7 @@ def test_extract_fills_the_cache_and_davis_reads_it(short_sequence, tmp_path, ca
     cache = tmp_path / "cache"
     base = [*FAST, "--short-side", "64", "--cache-dir", str(cache)]
     assert cli.main(["extract", "--davis-root", str(root), "--set", "val", *base]) == 0
-    assert len(list(cache.rglob("*.vpf"))) == 4
+    assert len(list(cache.rglob("*.safetensors"))) == 4
     caplog.clear()
     with caplog.at_level("INFO", logger="vidprop"):
         assert cli.main(["davis", "--davis-root", str(root), "--set", "val", "--out", str(tmp_path / "r"), *base]) == 0

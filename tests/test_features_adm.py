@@ -232,12 +232,24 @@ def test_cache_key_names_everything_that_changes_the_features(block7, tiny_ckpt,
 
 
 def test_feature_cache_round_trip(block7, frame, tmp_path):
-    from vidprop.features import CacheConfig, cached_extractor
+    from vidprop.features import CacheConfig, FeatureStage
 
-    cached = cached_extractor(block7, CacheConfig(dir=str(tmp_path / "cache"), dtype="float32"))
-    assert cached.stride == 8 and cached.channels == 64
-    first = cached.extract(frame)
-    torch.testing.assert_close(cached.extract(frame), first)
+    cache = CacheConfig(dir=str(tmp_path / "cache"), dtype="float32")
+    stage = FeatureStage(FeatureConfig(backend="dift_adm", cache=cache), extractor=block7)
+    assert stage.spec.stride == 8 and stage.spec.channels == 64
+    (first,) = stage.extract(frame)
+    (again,) = stage.extract(frame)
+    assert stage.cache.stats()["hits"] == 1 and again.stride == 8
+    torch.testing.assert_close(again.features, first.features, rtol=0, atol=0)
+    torch.testing.assert_close(first.features, block7.extract(frame)[0], rtol=0, atol=0)
+
+
+def test_describe_reads_the_architecture_without_building_the_model(block7, tiny_ckpt, monkeypatch):
+    import vidprop.features.dift_adm as dift_adm
+
+    monkeypatch.setattr(dift_adm, "load_adm_unet", lambda *a, **k: pytest.fail("the model was built"))
+    config = AdmConfig(checkpoint=str(tiny_ckpt), num_head_channels=16, output_block=7)
+    assert AdmExtractor.describe(config) == block7.spec
 
 
 # ---- loading: .pt, converted folder, errors ---------------------------------------------------
@@ -353,4 +365,4 @@ def test_seed_flag_sets_the_adm_seed():
     from vidprop.cli.common import config_from_args
 
     cfg = config_from_args(cli.build_parser().parse_args(["propagate", "f", "--mask", "m.png", "--out", "o", "--seed", "7"]))
-    assert (cfg.runtime.seed, cfg.features.dift.seed, cfg.features.adm.seed) == (7, 7, 7)
+    assert (cfg.features.dift.seed, cfg.features.adm.seed) == (7, 7)

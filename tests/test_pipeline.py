@@ -118,11 +118,10 @@ def test_stopping_early_stops_the_prefetch_thread(seq_dir):
 
 
 def test_one_extractor_serves_many_videos(seq_dir, monkeypatch):
-    import vidprop.features.base as base
+    from vidprop.features.lab import LabExtractor
 
-    built = []
-    real = base.create_extractor
-    monkeypatch.setattr(base, "create_extractor", lambda *a, **k: built.append(1) or real(*a, **k))
+    built, real = [], LabExtractor.__init__
+    monkeypatch.setattr(LabExtractor, "__init__", lambda self, *a, **k: built.append(1) or real(self, *a, **k))
     pipe = VideoPipeline(lab_config())
     for _ in range(2):
         assert len(list(pipe.propagate(frames_of(seq_dir), first_mask_of(seq_dir)))) == 6
@@ -321,16 +320,21 @@ def test_dift_backend_end_to_end_with_a_tiny_model(seq_dir, tiny_sd_dir, tmp_pat
     np.testing.assert_array_equal(masks["00000"], gt_mask(seq_dir, "car-shadow", "00000"))
     for mask in masks.values():
         assert mask.shape == (480, 854) and set(np.unique(mask)) <= {0, 1}
-    assert len(list((tmp_path / "cache").rglob("*.vpf"))) == 6
-    # the same masks again, from the cache alone (the UNet is not called)
-    from vidprop.pipeline import cache_id
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 6
+    # A fresh pipeline over the warm cache gives the same masks without constructing Stable Diffusion.
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    def no_unet(images):
-        raise AssertionError("features should come from the cache")
+    from vidprop.features.dift_sd import DiftExtractor
 
-    monkeypatch.setattr(pipe.cached.extractor, "extract", no_unet)
-    video_id = cache_id("car-shadow", frames_of(seq_dir))
-    cached = {o.name: o.mask for o in pipe.propagate(frames_of(seq_dir), first_mask_of(seq_dir), video_id)}
-    assert pipe.cached.cache.hits == 6
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was constructed although every feature is in the cache")
+
+    monkeypatch.setattr(DiftExtractor, "__init__", no_model)
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", no_model)
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", no_model)
+    warm = VideoPipeline(cfg)
+    cached = {o.name: o.mask for o in warm.propagate(frames_of(seq_dir), first_mask_of(seq_dir))}
+    assert warm.features.cache.stats() == {"hits": 6, "misses": 0, "corrupt": 0}
+    assert not warm.features.loaded
     for name, mask in masks.items():
         np.testing.assert_array_equal(cached[name], mask)

@@ -48,7 +48,8 @@ VERSION_KEY = "vidprop_version"
 
 # Keys that earlier versions wrote into config.yaml: a file holding one loads, with a warning.
 RETIRED_KEYS: dict[str, str] = {
-    "runtime.seed": "it seeded a random generator that nothing draws from (DIFT's noise draws use features.dift.seed)",
+    "runtime.seed": "it seeded a random generator that nothing draws from (the diffusion backends' noise draws use "
+    "features.dift.seed and features.adm.seed; --seed sets both)",
 }
 
 # "a.b=value" strings and/or (dotted key, value) pairs, or a mapping of dotted keys to values.

@@ -1,9 +1,19 @@
 """The feature-extractor interface shared by every backend, and the backend registry.
 
 A backend turns frames into a grid of feature vectors: images ``(B, 3, h*stride, w*stride)``
-float in [-1, 1] go in, features ``(B, C, h, w)`` float32 come out. Backends register under a
-name with :func:`register_extractor` and are built with :func:`create_extractor`, so callers
-never name a backend class.
+float in [-1, 1] go in, features ``(B, C, h, w)`` float32 come out, and a frame's features depend
+only on that frame and the backend's settings (not on the batch). Everything else is explicit:
+
+- :class:`FeatureSpec` is what a backend computes (channels, stride, frames per batch, cache
+  key). Each backend class describes itself with the classmethod ``describe(config, dtype)``,
+  which loads no model, so the pipeline knows the stride and the cache key before, and
+  without, building the model.
+- :class:`FeatureExtractor` is a built backend: ``spec`` and ``extract(images)``.
+- :class:`FeatureMap` is one frame's features with their stride, what the pipeline receives
+  (see :class:`~vidprop.features.stage.FeatureStage`).
+
+Backends register under a name with :func:`register_extractor`; :func:`create_extractor` builds
+one and :func:`describe_extractor` describes one, so callers never name a backend class.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -19,34 +29,68 @@ from vidprop.device import dtype_name, resolve_device, torch_dtype
 from vidprop.errors import ConfigError, ShapeError
 
 __all__ = [
-    "FeatureExtractor",
+    "FeatureSpec",
     "FeatureMap",
-    "BackendSpec",
+    "FeatureExtractor",
+    "ExtractorBase",
+    "Backend",
     "register_extractor",
+    "get_backend",
     "create_extractor",
+    "describe_extractor",
     "list_extractors",
     "check_images",
 ]
 
 
-@runtime_checkable
-class FeatureExtractor(Protocol):
-    """What every backend provides.
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a backend computes, known without loading its model.
 
     Attributes:
         name: registry name of the backend (e.g. ``"dift_sd"``).
         channels: C, feature channels per cell.
         stride: pixels per feature cell along each axis.
+        frames_per_batch: how many frames to pass to ``extract`` at once for full batches
+            (one UNet batch for DIFT).
         cache_key: everything that changes the features except the input (JSON-serialisable).
-
-    Backends may also offer ``frames_per_batch`` (how many frames to pass to ``extract`` at
-    once for full batches); callers should default to 1 when it is absent.
     """
 
     name: str
     channels: int
     stride: int
+    frames_per_batch: int
     cache_key: dict
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """One frame's features.
+
+    Attributes:
+        features: (C, h, w) float32 tensor.
+        stride: pixels per feature cell: cell (y, x) covers input pixels
+            ``[y*stride, (y+1)*stride) x [x*stride, (x+1)*stride)``.
+    """
+
+    features: torch.Tensor
+    stride: int
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(h, w) of the feature grid."""
+        return int(self.features.shape[-2]), int(self.features.shape[-1])
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """A built backend (its model loaded).
+
+    Attributes:
+        spec: what it computes; equal to its class's ``describe(config, dtype)``.
+    """
+
+    spec: FeatureSpec
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         """Features of a batch of frames.
@@ -60,50 +104,75 @@ class FeatureExtractor(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class FeatureMap:
-    """One frame's features.
+class ExtractorBase:
+    """Convenience base of the built-in backends: ``name``, ``channels``, ``stride``,
+    ``frames_per_batch`` and ``cache_key`` read from ``self.spec``."""
 
-    Attributes:
-        features: (C, h, w) float tensor.
-        stride: pixels per feature cell.
-    """
-
-    features: torch.Tensor
-    stride: int
+    spec: FeatureSpec
 
     @property
-    def grid_size(self) -> tuple[int, int]:
-        """(h, w) of the feature grid."""
-        return int(self.features.shape[-2]), int(self.features.shape[-1])
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def channels(self) -> int:
+        return self.spec.channels
+
+    @property
+    def stride(self) -> int:
+        return self.spec.stride
+
+    @property
+    def frames_per_batch(self) -> int:
+        return self.spec.frames_per_batch
+
+    @property
+    def cache_key(self) -> dict:
+        return self.spec.cache_key
 
 
 @dataclass(frozen=True)
-class BackendSpec:
-    """A registered backend: its config dataclass, the FeatureConfig field holding it, and its factory."""
+class Backend:
+    """A registered backend.
+
+    Attributes:
+        name: registry name.
+        config_class: its config dataclass.
+        config_field: the :class:`~vidprop.features.config.FeatureConfig` field holding that config.
+        factory: the backend class: ``factory(config, device=torch.device, dtype=torch.dtype)``
+            loads the model; ``factory.describe(config, dtype)`` returns its :class:`FeatureSpec`
+            without loading anything heavy.
+    """
 
     name: str
     config_class: type
     config_field: str
-    factory: Callable[..., FeatureExtractor]
+    factory: Any
 
 
-_REGISTRY: dict[str, BackendSpec] = {}
+_REGISTRY: dict[str, Backend] = {}
 
 
 def register_extractor(name: str, config_class: type, config_field: str | None = None):
-    """Class (or function) decorator registering a backend under ``name``.
+    """Class decorator registering a backend under ``name``.
 
-    The decorated callable is called as ``factory(config, device=..., dtype=...)`` with an
-    instance of ``config_class``. ``config_field`` names the field of
-    :class:`~vidprop.features.config.FeatureConfig` holding that config (default: ``name``).
+    The class is built as ``cls(config, device=..., dtype=...)`` with an instance of
+    ``config_class`` and must have a classmethod ``describe(config, dtype) -> FeatureSpec``.
+    ``config_field`` names the field of :class:`~vidprop.features.config.FeatureConfig`
+    holding its config (default: ``name``).
+
+    Raises:
+        ValueError: the name is taken.
+        TypeError: the class has no ``describe``.
     """
 
-    def decorate(factory):
+    def decorate(cls):
         if name in _REGISTRY:
             raise ValueError(f"feature backend {name!r} is already registered")
-        _REGISTRY[name] = BackendSpec(name, config_class, config_field or name, factory)
-        return factory
+        if not callable(getattr(cls, "describe", None)):
+            raise TypeError(f"feature backend {name!r}: {cls.__name__} needs a classmethod describe(config, dtype)")
+        _REGISTRY[name] = Backend(name, config_class, config_field or name, cls)
+        return cls
 
     return decorate
 
@@ -119,7 +188,12 @@ def list_extractors() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _spec(name: str) -> BackendSpec:
+def get_backend(name: str) -> Backend:
+    """The registered backend ``name``.
+
+    Raises:
+        ConfigError: no such backend (key ``features.backend``, with the closest name).
+    """
     _ensure_builtin_backends()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
@@ -128,48 +202,71 @@ def _spec(name: str) -> BackendSpec:
     return _REGISTRY[name]
 
 
-def create_extractor(name_or_config: Any, **overrides: Any) -> FeatureExtractor:
-    """Build a feature extractor.
-
-    Args:
-        name_or_config: a backend name (``"dift_sd"``, ``"lab"``), a backend config
-            (``DiftConfig``/``LabConfig``) or a ``FeatureConfig``.
-        **overrides: ``device`` (str or torch.device, ``"auto"`` allowed, default ``"cpu"``) and ``dtype``
-            (torch dtype or its name, default float32) for the runtime; any other keyword
-            replaces the field of that name in the backend's config.
-
-    Returns:
-        The backend's extractor (the cache is applied separately, see
-        :func:`vidprop.features.cache.cached_extractor`).
-
-    Raises:
-        ConfigError: unknown backend or option.
-        ModelNotFoundError: the backend's weights cannot be found.
-    """
+def _resolve(name_or_config: Any, overrides: dict[str, Any]) -> tuple[Backend, Any]:
+    """The backend and its config for :func:`create_extractor` / :func:`describe_extractor`."""
     from vidprop.features.config import FeatureConfig
 
-    device = resolve_device(overrides.pop("device", None) or "cpu")
-    dtype = torch_dtype(dtype_name(overrides.pop("dtype", None) or "float32"))
     if isinstance(name_or_config, str):
-        spec = _spec(name_or_config)
-        config = spec.config_class()
+        backend = get_backend(name_or_config)
+        config = backend.config_class()
     elif isinstance(name_or_config, FeatureConfig):
-        spec = _spec(name_or_config.backend)
-        config = getattr(name_or_config, spec.config_field)
+        backend = get_backend(name_or_config.backend)
+        config = getattr(name_or_config, backend.config_field)
     else:
-        matches = [s for s in (_spec(n) for n in list_extractors()) if isinstance(name_or_config, s.config_class)]
+        matches = [b for b in (get_backend(n) for n in list_extractors()) if isinstance(name_or_config, b.config_class)]
         if not matches:
             raise ConfigError(f"cannot build a feature extractor from {type(name_or_config).__name__}", key="features")
-        spec, config = matches[0], name_or_config
+        backend, config = matches[0], name_or_config
     if overrides:
         names = {f.name for f in dataclasses.fields(config)}
         for key in overrides:
             if key not in names:
                 close = difflib.get_close_matches(key, sorted(names), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"unknown option of backend {spec.name!r}{hint}", key=f"features.{spec.config_field}.{key}")
+                raise ConfigError(f"unknown option of backend {backend.name!r}{hint}", key=f"features.{backend.config_field}.{key}")
         config = dataclasses.replace(config, **overrides)
-    return spec.factory(config, device=device, dtype=dtype)
+    return backend, config
+
+
+def create_extractor(name_or_config: Any, **overrides: Any) -> FeatureExtractor:
+    """Build a feature extractor (this loads its model).
+
+    Args:
+        name_or_config: a backend name (``"dift_sd"``, ``"lab"``), a backend config
+            (``DiftConfig``/``LabConfig``) or a ``FeatureConfig``.
+        **overrides: ``device`` (a device name as in :func:`vidprop.device.resolve_device` or a
+            torch.device; default ``"cpu"``) and ``dtype`` (torch dtype or its name, default
+            float32) for the runtime; any other keyword replaces the field of that name in the
+            backend's config.
+
+    Returns:
+        The backend's extractor. Pipelines use it through
+        :class:`~vidprop.features.stage.FeatureStage`, which adds the cache.
+
+    Raises:
+        ConfigError: unknown backend, option, device or dtype.
+        ModelNotFoundError: the backend's weights cannot be found.
+    """
+    device = resolve_device(overrides.pop("device", None) or "cpu")
+    dtype = torch_dtype(dtype_name(overrides.pop("dtype", None) or "float32"))
+    backend, config = _resolve(name_or_config, overrides)
+    return backend.factory(config, device=device, dtype=dtype)
+
+
+def describe_extractor(name_or_config: Any, dtype: Any = "float32", **overrides: Any) -> FeatureSpec:
+    """What :func:`create_extractor` with the same arguments would compute, without loading a model.
+
+    Args:
+        name_or_config, overrides: as in :func:`create_extractor` (without ``device``).
+        dtype: compute dtype (torch dtype or its name): part of some backends' cache keys.
+
+    Raises:
+        ConfigError: unknown backend or option.
+        ModelNotFoundError: the backend's weights cannot be found (DIFT reads its model's
+            config files and fingerprints its weight files; it loads no weights).
+    """
+    backend, config = _resolve(name_or_config, overrides)
+    return backend.factory.describe(config, torch_dtype(dtype_name(dtype)))
 
 
 def check_images(images: torch.Tensor, stride: int, name: str = "images") -> tuple[int, int]:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vidprop.device import dtype_name
 from vidprop.errors import ConfigError, ModelNotFoundError, ShapeError
 from vidprop.features.adm_convert import (
     HOW_TO_GET,
@@ -36,8 +37,9 @@ from vidprop.features.adm_convert import (
     load_adm_unet,
     output_block_geometry,
     output_block_module,
+    read_architecture,
 )
-from vidprop.features.base import check_images, register_extractor
+from vidprop.features.base import ExtractorBase, FeatureSpec, check_images, register_extractor
 from vidprop.features.config import AdmConfig
 from vidprop.features.unet_common import BlockCapture, Removed, check_dtype, frame_generator, to_device
 
@@ -65,7 +67,7 @@ def linear_schedule_coefficients(timestep: int, steps: int = NUM_TRAIN_TIMESTEPS
 def adm_cache_key(config: AdmConfig, dtype: torch.dtype) -> dict:
     """Everything that changes dift_adm's features except the input (no model loading needed)."""
     return {
-        "backend": AdmExtractor.name,
+        "backend": "dift_adm",
         "checkpoint": config.checkpoint,
         "weights": checkpoint_fingerprint(config.checkpoint) if config.checkpoint else None,
         "num_head_channels": config.num_head_channels,
@@ -73,24 +75,39 @@ def adm_cache_key(config: AdmConfig, dtype: torch.dtype) -> dict:
         "timestep": config.timestep,
         "ensemble_size": config.ensemble_size,
         "seed": config.seed,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
     }
 
 
+def _describe(config: AdmConfig, dtype: torch.dtype, arch: AdmArchitecture) -> FeatureSpec:
+    """The :class:`FeatureSpec` of ``config`` on a UNet of architecture ``arch``."""
+    check_dtype(dtype)
+    if config.output_block >= arch.num_output_blocks:
+        raise ConfigError(
+            f"invalid value {config.output_block} (this UNet has output blocks 0..{arch.num_output_blocks - 1})",
+            key="features.adm.output_block",
+        )
+    channels, stride = output_block_geometry(arch, config.output_block)
+    return FeatureSpec(
+        name="dift_adm",
+        channels=channels,
+        stride=stride,
+        frames_per_batch=max(1, config.batch_size // config.ensemble_size),
+        cache_key=adm_cache_key(config, dtype),
+    )
+
+
 @register_extractor("dift_adm", AdmConfig, "adm")
-class AdmExtractor:
+class AdmExtractor(ExtractorBase):
     """DIFT features of a guided-diffusion (ADM) UNet output block.
 
     Attributes:
-        name: ``"dift_adm"``.
-        channels: C (512 for the 256x256 model's block 7).
-        stride: pixels per feature cell (8 for block 7).
+        spec: name ``"dift_adm"``; channels C (512 for the 256x256 model's block 7); stride
+            (8 for block 7); frames per batch (``batch_size // ensemble_size``, at least 1:
+            frames that fill one UNet batch); cache key (everything that changes the features
+            except the input).
         size_multiple: frame sides must be multiples of this (32).
-        frames_per_batch: frames that fill one UNet batch (``batch_size // ensemble_size``, at least 1).
-        cache_key: everything that changes the features except the input.
     """
-
-    name = "dift_adm"
 
     def __init__(self, config: AdmConfig | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         """Load ``config.checkpoint`` (a guided-diffusion ``.pt`` or a converted folder).
@@ -106,8 +123,21 @@ class AdmExtractor:
             raise ModelNotFoundError(f"features.adm.checkpoint is not set. {HOW_TO_GET}")
         logger.info("loading the ADM UNet from %s", config.checkpoint)
         unet, arch = load_adm_unet(config.checkpoint, config.num_head_channels, dtype)
-        self._setup(config, unet, arch, device, dtype)
-        self.cache_key = adm_cache_key(config, dtype)
+        self._setup(config, _describe(config, dtype, arch), unet, arch, device, dtype)
+
+    @classmethod
+    def describe(cls, config: AdmConfig, dtype: torch.dtype = torch.float32) -> FeatureSpec:
+        """The :class:`FeatureSpec` of ``config``, from the checkpoint's architecture (read without
+        building the model; see :func:`~vidprop.features.adm_convert.read_architecture`).
+
+        Raises:
+            ModelNotFoundError: no checkpoint configured, or the file/folder does not exist.
+            CheckpointError: the file is not a supported guided-diffusion UNet.
+            ConfigError: the output block does not exist or the dtype is unsupported.
+        """
+        if config.checkpoint is None:
+            raise ModelNotFoundError(f"features.adm.checkpoint is not set. {HOW_TO_GET}")
+        return _describe(config, dtype, read_architecture(config.checkpoint, config.num_head_channels))
 
     @classmethod
     def from_unet(
@@ -120,27 +150,19 @@ class AdmExtractor:
     ) -> "AdmExtractor":
         """Build from an already loaded ``UNet2DModel`` of ``arch`` (benchmarks, tests); ``unet`` is truncated in place."""
         self = cls.__new__(cls)
-        check_dtype(dtype)
-        self._setup(config, unet, arch, device, dtype)
-        self.cache_key = adm_cache_key(config, dtype)
+        self._setup(config, _describe(config, dtype, arch), unet, arch, device, dtype)
         return self
 
-    def _setup(self, config: AdmConfig, unet: nn.Module, arch: AdmArchitecture, device, dtype: torch.dtype) -> None:
+    def _setup(self, config: AdmConfig, spec: FeatureSpec, unet: nn.Module, arch: AdmArchitecture, device, dtype: torch.dtype) -> None:
         from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-        if config.output_block >= arch.num_output_blocks:
-            raise ConfigError(
-                f"invalid value {config.output_block} (this UNet has output blocks 0..{arch.num_output_blocks - 1})",
-                key="features.adm.output_block",
-            )
         self.config = config
+        self.spec = spec
         self.arch = arch
         self.device = torch.device(device)
         self.dtype = dtype
-        self.channels, self.stride = output_block_geometry(arch, config.output_block)
         self.size_multiple = arch.size_multiple
         self.batch_size = config.batch_size
-        self.frames_per_batch = max(1, config.batch_size // config.ensemble_size)
         self.sqrt_alpha_bar, self.sqrt_one_minus_alpha_bar = linear_schedule_coefficients(config.timestep)
 
         self._truncate(unet, config.output_block)
@@ -153,7 +175,7 @@ class AdmExtractor:
         logger.info(
             "DIFT_adm: output block %d (%d channels, stride %d), t=%d, ensemble %d, on %s in %s",
             config.output_block, self.channels, self.stride, config.timestep, config.ensemble_size,
-            self.device, str(dtype).removeprefix("torch."),
+            self.device, dtype_name(dtype),
         )
 
     def _truncate(self, unet: nn.Module, index: int) -> None:

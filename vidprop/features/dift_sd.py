@@ -15,6 +15,10 @@ once with the prompt embedding and take the output of ``up_blocks[i]``; average 
   so a frame's features do not depend on batching, order or the cache;
 - the text encoder runs once at load time and is then freed; the VAE decoder is never kept.
 
+:meth:`DiftExtractor.describe` gives the channels, stride and cache key from the model's
+``unet/config.json`` and ``vae/config.json`` and a fingerprint of its weight files, without
+loading any weights: a run whose features are all cached never builds the model.
+
 Attention uses PyTorch's scaled-dot-product attention (``AttnProcessor2_0``). SD 2.1's UNet
 config sets ``upcast_attention``, which diffusers only honours in its classic (non-SDPA)
 processor; the SDPA kernels accumulate the softmax in float32 for float16/bfloat16 inputs
@@ -26,6 +30,7 @@ overflow. The VAE always runs in float32 (once per frame, so it costs little).
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import re
@@ -38,7 +43,7 @@ from torch import nn
 
 from vidprop.device import dtype_name
 from vidprop.errors import ConfigError, ModelNotFoundError, ShapeError
-from vidprop.features.base import check_images, register_extractor
+from vidprop.features.base import ExtractorBase, FeatureSpec, check_images, register_extractor
 from vidprop.features.config import DiftConfig
 from vidprop.features.unet_common import BlockCapture, Removed, check_dtype, files_fingerprint, frame_generator, to_device
 
@@ -148,19 +153,60 @@ def up_block_geometry(unet_config: Any, vae_config: Any) -> list[tuple[int, int]
     Up block i ends with a 2x upsampler unless it is the last one, so its output lies
     ``2 ** max(n_up - 2 - i, 0)`` latent cells apart; the VAE adds ``2 ** (n_vae_blocks - 1)``.
     For SD 2.1: [(1280, 32), (1280, 16), (640, 8), (320, 8)].
+
+    Args:
+        unet_config, vae_config: the models' configs (diffusers configs or the dicts of their
+            ``config.json``).
     """
-    vae_scale = 2 ** (len(vae_config.block_out_channels) - 1)
-    channels = list(reversed(unet_config.block_out_channels))
-    n_up = len(unet_config.up_block_types)
+    vae_scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    channels = list(reversed(unet_config["block_out_channels"]))
+    n_up = len(unet_config["up_block_types"])
     return [(channels[i], vae_scale * 2 ** max(n_up - 2 - i, 0)) for i in range(n_up)]
 
 
-def _check_layers(config: DiftConfig, unet_config: Any) -> None:
-    n_up = len(unet_config["up_block_types"] if isinstance(unet_config, dict) else unet_config.up_block_types)
-    if any(i >= n_up for i in config.layers):
+def _read_model_configs(model_dir: Path, model_id: str) -> tuple[dict, dict]:
+    """The UNet's and the VAE's ``config.json`` (read as JSON: no diffusers import, no weights)."""
+    configs = []
+    for sub in ("unet", "vae"):
+        path = model_dir / sub / "config.json"
+        try:
+            configs.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelNotFoundError(
+                f"cannot read the {sub} config of model {model_id!r} ({type(exc).__name__}: {exc}). {_how_to_provide(model_id)}",
+                path=path,
+            ) from exc
+    return configs[0], configs[1]
+
+
+def _describe(config: DiftConfig, dtype: torch.dtype, unet_config: Any, vae_config: Any, weights: str | None) -> FeatureSpec:
+    """The :class:`FeatureSpec` of ``config`` on a model with these configs (and weight fingerprint)."""
+    check_dtype(dtype)
+    geometry = up_block_geometry(unet_config, vae_config)
+    if any(i >= len(geometry) for i in config.layers):
         raise ConfigError(
-            f"invalid value {config.up_ft_index!r} (this UNet has up blocks 0..{n_up - 1})", key="features.dift.up_ft_index"
+            f"invalid value {config.up_ft_index!r} (this UNet has up blocks 0..{len(geometry) - 1})", key="features.dift.up_ft_index"
         )
+    key = {
+        "backend": "dift_sd",
+        "model_id": config.model_id,
+        "revision": config.revision,
+        "timestep": config.timestep,
+        "up_ft_index": list(config.layers),
+        "ensemble_size": config.ensemble_size,
+        "prompt": config.prompt,
+        "seed": config.seed,
+        "dtype": dtype_name(dtype),
+    }
+    if weights is not None:
+        key["weights"] = weights
+    return FeatureSpec(
+        name="dift_sd",
+        channels=sum(geometry[i][0] for i in config.layers),
+        stride=min(geometry[i][1] for i in config.layers),
+        frames_per_batch=max(1, config.batch_size // config.ensemble_size),
+        cache_key=key,
+    )
 
 
 def encode_prompt(model_dir: Path, prompt: str) -> torch.Tensor:
@@ -186,23 +232,21 @@ def encode_prompt(model_dir: Path, prompt: str) -> torch.Tensor:
 
 
 @register_extractor("dift_sd", DiftConfig, "dift")
-class DiftExtractor:
+class DiftExtractor(ExtractorBase):
     """DIFT features of a Stable Diffusion UNet up block.
 
     Attributes:
-        name: ``"dift_sd"``.
-        channels: C (sum over the requested blocks; 640 for SD 2.1 block 2).
-        stride: pixels per feature cell (the finest of the requested blocks).
-        layer_channels, layer_strides: per requested block, in ``config.layers`` order.
-        frames_per_batch: frames that fill one UNet batch (``batch_size // ensemble_size``, at least 1).
-        cache_key: everything that changes the features except the input.
+        spec: name ``"dift_sd"``; channels C (sum over the requested blocks; 640 for SD 2.1 block
+            2); stride (the finest of the requested blocks); frames per batch
+            (``batch_size // ensemble_size``, at least 1: frames that fill one UNet batch); cache
+            key (every setting that changes the features, and a fingerprint of the weight files).
+        layers: the requested up blocks, in ``config.layers`` order.
+        layer_channels, layer_strides: per requested block, in that order.
 
     Several blocks (``up_ft_index`` a tuple) are captured in one pass; :meth:`extract` resizes
     coarser ones bilinearly to the finest grid and concatenates them in the order given, and
     :meth:`extract_layers` returns each at its own stride.
     """
-
-    name = "dift_sd"
 
     def __init__(self, config: DiftConfig | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         """Load the model named by ``config.model_id`` (see :func:`resolve_model_dir`).
@@ -215,9 +259,9 @@ class DiftExtractor:
 
         config = config or DiftConfig()
         model_dir = resolve_model_dir(config.model_id, config.revision, config.hub_timeout_s)
+        spec = self._describe_folder(config, dtype, model_dir)
         logger.info("loading Stable Diffusion from %s (model %s, revision %s)", model_dir, config.model_id, config.revision)
         try:
-            _check_layers(config, UNet2DConditionModel.load_config(model_dir, subfolder="unet"))
             prompt_embeds = encode_prompt(model_dir, config.prompt)
             vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=torch.float32)
             unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=dtype)
@@ -228,8 +272,23 @@ class DiftExtractor:
                 f"{str(exc).splitlines()[0] if str(exc) else ''}). {_how_to_provide(config.model_id)}",
                 path=model_dir,
             ) from exc
-        self._setup(config, unet, vae, scheduler, prompt_embeds, device, dtype)
-        self.cache_key["weights"] = weights_fingerprint(model_dir)
+        self._setup(config, spec, unet, vae, scheduler, prompt_embeds, device, dtype)
+
+    @classmethod
+    def describe(cls, config: DiftConfig, dtype: torch.dtype = torch.float32) -> FeatureSpec:
+        """The :class:`FeatureSpec` of ``config``: finds the model folder (see :func:`resolve_model_dir`)
+        and reads its UNet and VAE ``config.json``, loading no weights.
+
+        Raises:
+            ModelNotFoundError: the model cannot be found.
+            ConfigError: a requested block does not exist or the dtype is unsupported.
+        """
+        return cls._describe_folder(config, dtype, resolve_model_dir(config.model_id, config.revision, config.hub_timeout_s))
+
+    @staticmethod
+    def _describe_folder(config: DiftConfig, dtype: torch.dtype, model_dir: Path) -> FeatureSpec:
+        unet_config, vae_config = _read_model_configs(model_dir, config.model_id)
+        return _describe(config, dtype, unet_config, vae_config, weights_fingerprint(model_dir))
 
     @classmethod
     def from_components(
@@ -242,28 +301,27 @@ class DiftExtractor:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> "DiftExtractor":
-        """Build from already loaded modules (benchmarks, tests). ``unet`` is truncated in place."""
+        """Build from already loaded modules (benchmarks, tests). ``unet`` is truncated in place.
+
+        The cache key has no weight fingerprint (there are no weight files).
+        """
         self = cls.__new__(cls)
-        self._setup(config, unet, vae, scheduler, prompt_embeds, device, dtype)
+        self._setup(config, _describe(config, dtype, unet.config, vae.config, None), unet, vae, scheduler, prompt_embeds, device, dtype)
         return self
 
-    def _setup(self, config, unet, vae, scheduler, prompt_embeds, device, dtype) -> None:
+    def _setup(self, config, spec, unet, vae, scheduler, prompt_embeds, device, dtype) -> None:
         from diffusers.models.attention_processor import AttnProcessor2_0
 
-        check_dtype(dtype)
         self.config = config
+        self.spec = spec
         self.device = torch.device(device)
         self.dtype = dtype
-        _check_layers(config, unet.config)
         geometry = up_block_geometry(unet.config, vae.config)
         layers = config.layers
         self.layers = layers
         self.batch_size = config.batch_size
-        self.frames_per_batch = max(1, config.batch_size // config.ensemble_size)
         self.layer_channels = tuple(geometry[i][0] for i in layers)
         self.layer_strides = tuple(geometry[i][1] for i in layers)
-        self.channels = sum(self.layer_channels)
-        self.stride = min(self.layer_strides)
         self.latent_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_channels = int(vae.config.latent_channels)
         self.scaling_factor = float(vae.config.scaling_factor)
@@ -287,21 +345,10 @@ class DiftExtractor:
         self.scheduler = scheduler
         self.prompt_embeds = prompt_embeds.to(self.device, dtype)
         gc.collect()
-        self.cache_key = {
-            "backend": self.name,
-            "model_id": config.model_id,
-            "revision": config.revision,
-            "timestep": config.timestep,
-            "up_ft_index": list(layers),
-            "ensemble_size": config.ensemble_size,
-            "prompt": config.prompt,
-            "seed": config.seed,
-            "dtype": dtype_name(dtype),
-        }
         logger.info(
             "DIFT: up blocks %s (%s channels, strides %s), t=%d, ensemble %d, on %s in %s",
             list(layers), list(self.layer_channels), list(self.layer_strides),
-            config.timestep, config.ensemble_size, self.device, self.cache_key["dtype"],
+            config.timestep, config.ensemble_size, self.device, dtype_name(dtype),
         )
 
     # ---- noise -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from vidprop.features.base import check_images, register_extractor
+from vidprop.features.base import ExtractorBase, FeatureSpec, check_images, register_extractor
 from vidprop.features.config import LabConfig
 
 __all__ = ["LabExtractor", "rgb_to_lab"]
@@ -52,30 +52,27 @@ def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
 
 
 @register_extractor("lab", LabConfig, "lab")
-class LabExtractor:
+class LabExtractor(ExtractorBase):
     """CIE-Lab colour features; see the module docstring for the channels.
 
     Attributes:
-        name: ``"lab"``; channels: 4, +3 with ``texture``, +2 with a positional weight > 0;
-        stride: ``config.stride``; cache_key: the config; frames_per_batch: a good batch size (8).
+        spec: name ``"lab"``; channels 4, +3 with ``texture``, +2 with a positional weight > 0;
+            stride ``config.stride``; cache key: the config; frames per batch: 8.
     """
-
-    name = "lab"
 
     def __init__(self, config: LabConfig | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         self.config = config or LabConfig()
         self.device = torch.device(device)
-        self.stride = self.config.stride
-        self.frames_per_batch = 8
-        self.channels = 3 + (3 if self.config.texture else 0) + (2 if self.config.positional_weight > 0 else 0) + 1
-        self.cache_key = {
-            "backend": self.name,
-            "stride": self.config.stride,
-            "texture": self.config.texture,
-            "positional_weight": self.config.positional_weight,
-            "bias": self.config.bias,
-        }
+        self.spec = self.describe(self.config, dtype)
         logger.info("Lab features: stride %d, %d channels, on %s", self.stride, self.channels, self.device)
+
+    @classmethod
+    def describe(cls, config: LabConfig, dtype: torch.dtype = torch.float32) -> FeatureSpec:
+        """The :class:`FeatureSpec` of ``config`` (the features are computed in float32 whatever ``dtype``)."""
+        channels = 3 + (3 if config.texture else 0) + (2 if config.positional_weight > 0 else 0) + 1
+        key = {"backend": "lab", "stride": config.stride, "texture": config.texture,
+               "positional_weight": config.positional_weight, "bias": config.bias}
+        return FeatureSpec(name="lab", channels=channels, stride=config.stride, frames_per_batch=8, cache_key=key)
 
     @torch.inference_mode()
     def extract(self, images: torch.Tensor) -> torch.Tensor:

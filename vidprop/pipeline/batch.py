@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import os
 import time
@@ -30,7 +29,6 @@ __all__ = [
     "list_videos",
     "find_videos",
     "select_shard",
-    "cache_id",
     "is_finished",
     "MaskWriter",
     "run_videos",
@@ -228,12 +226,6 @@ def select_shard(items: Sequence[Any], num_shards: int, shard_index: int, key: C
     return ordered[shard_index::num_shards]
 
 
-def cache_id(name: str, source: Any) -> str:
-    """Feature-cache id of a video: its name plus a hash of its absolute path (names can repeat)."""
-    path = Path(getattr(source, "path", source)).expanduser().resolve()
-    return f"{name}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-
-
 def is_finished(job: VideoJob, fingerprint: str) -> bool:
     """Whether ``job``'s outputs are complete and were made with settings of this ``fingerprint``."""
     info = read_complete_info(job.out_dir)
@@ -275,7 +267,7 @@ def _process(pipe: VideoPipeline, job: VideoJob, fingerprint: str) -> VideoOutco
 
         overlay = OverlayWriter(job.out_dir, cfg.runtime.overlay_format, palette=palette)
     start, count = time.perf_counter(), 0
-    frames = pipe.propagate_frames(source, label_mask, video_id=cache_id(job.name, source), n_last_frames=job.n_last_frames)
+    frames = pipe.propagate_frames(source, label_mask, n_last_frames=job.n_last_frames)
     try:
         bar = progress(frames, total=len(source), desc=job.name, unit="frame", leave=False)
         for frame, out in bar:

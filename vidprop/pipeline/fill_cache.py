@@ -14,7 +14,7 @@ from vidprop.engines import Task, failed_outcome, run_tasks
 from vidprop.errors import ConfigError, InputError
 from vidprop.io.frames import FrameSource, open_source
 from vidprop.log import progress
-from vidprop.pipeline.batch import RunSummary, VideoOutcome, cache_id, list_videos, resolve_runtime, select_shard
+from vidprop.pipeline.batch import RunSummary, VideoOutcome, list_videos, resolve_runtime, select_shard
 from vidprop.pipeline.davis import davis_jobs
 from vidprop.pipeline.video import VideoPipeline
 
@@ -99,7 +99,7 @@ class FeatureFiller:
         start = time.perf_counter()
         frames = _open(source, self.config.data)
         count = 0
-        stream = self.pipeline.frames_with_features(frames, video_id=cache_id(name, frames))
+        stream = self.pipeline.frames_with_features(frames)
         for _ in progress(stream, total=len(frames), desc=name, unit="frame", leave=False):
             count += 1
         return VideoOutcome(name, "done", frames=count, seconds=time.perf_counter() - start)

@@ -22,7 +22,9 @@ from vidprop.io.frames import Frame, FrameSource
 from vidprop.io.masks import labels_to_onehot
 from vidprop.io.prefetch import prefetch
 from vidprop.pipeline.inputs import as_frame_source, as_label_mask
-from vidprop.device import resolve_device, torch_dtype
+from vidprop.device import resolve_device
+from vidprop.features.base import FeatureMap
+from vidprop.features.stage import FeatureStage
 
 __all__ = ["PropagatedFrame", "VideoPipeline", "propagate_video"]
 
@@ -61,34 +63,27 @@ class VideoPipeline:
     def __init__(self, config: VidpropConfig | None = None, extractor: Any = None):
         self.config = config if config is not None else VidpropConfig()
         self.device = resolve_device(self.config.runtime.device)
-        self.dtype = torch_dtype(self.config.runtime.dtype)
-        self._extractor = extractor
-        self._cached = None
+        self._given_extractor = extractor
+        self._features: FeatureStage | None = None
+
+    @property
+    def features(self) -> FeatureStage:
+        """The feature stage (described on first use; its model is built on the first cache miss)."""
+        if self._features is None:
+            self._features = FeatureStage(
+                self.config.features, self.device, self.config.runtime.dtype, extractor=self._given_extractor
+            )
+        return self._features
 
     @property
     def extractor(self):
-        """The feature extractor (built on first access; model loading is expensive)."""
-        if self._extractor is None:
-            from vidprop.features.base import create_extractor
-
-            logger.info("feature backend %s on %s (%s)", self.config.features.backend, self.device, self.config.runtime.dtype)
-            self._extractor = create_extractor(self.config.features, device=self.device, dtype=self.dtype)
-        return self._extractor
-
-    @property
-    def cached(self):
-        """The extractor behind the feature cache (the extractor itself when ``features.cache.dir`` is null)."""
-        if self._cached is None:
-            from vidprop.features.cache import cached_extractor
-
-            self._cached = cached_extractor(self.extractor, self.config.features.cache)
-        return self._cached
+        """The feature extractor (its model is built on first access)."""
+        return self.features.extractor
 
     def log_cache_stats(self) -> None:
         """Log the feature cache's hits and misses (if a cache is in use)."""
-        log_stats = getattr(self._cached, "log_stats", None)
-        if log_stats is not None:
-            log_stats()
+        if self._features is not None:
+            self._features.log_stats()
 
     def _propagation_config(self, n_last_frames: int | None):
         cfg = self.config.propagation
@@ -99,53 +94,20 @@ class VideoPipeline:
             changes["n_last_frames"] = n_last_frames
         return dataclasses.replace(cfg, **changes) if changes else cfg
 
-    def _features(self, video_id: str | None, frames: list[Frame], images: list[torch.Tensor]) -> list[torch.Tensor]:
-        """(C, h, w) float32 features per frame on the device, through the cache when there is one."""
-        batch = torch.stack(images).to(self.device)
-        with torch.inference_mode():
-            extract_frames = getattr(self.cached, "extract_frames", None)
-            if video_id is not None and extract_frames is not None:
-                feats = extract_frames(video_id, [f.name for f in frames], batch)
-            else:
-                feats = self.extractor.extract(batch)
-        return list(feats.to(device=self.device, dtype=torch.float32).unbind(0))
-
-    def _batch_frames(self) -> int:
-        """Frames per extractor call: the backend's ``frames_per_batch`` hint (one UNet batch for DIFT)."""
-        return int(getattr(self.extractor, "frames_per_batch", 1))
-
-    def frames_with_features(self, source: FrameSource, video_id: str | None = None) -> Iterator[tuple[Frame, torch.Tensor]]:
-        """Stream ``(frame, (C, h, w) features)`` pairs, extracting in batches on the device.
-
-        A batch never holds more than one extractor batch of frames; features leave memory when
-        the caller drops them.
-        """
+    def frames_with_features(self, source: FrameSource) -> Iterator[tuple[Frame, FeatureMap]]:
+        """Stream ``(frame, feature map)`` pairs: frames decoded and resized ahead on a thread,
+        features in the backend's batches (see :meth:`FeatureStage.stream`)."""
         data = self.config.data
-        policy = data.resize_policy()
-        batch_frames = max(1, self._batch_frames())
-        stream = prefetch(source, policy, depth=data.prefetch)
+        stream = prefetch(source, data.resize_policy(), depth=data.prefetch)
         try:
-            frames: list[Frame] = []
-            images: list[torch.Tensor] = []
-            for frame, image in stream:
-                frames.append(frame)
-                images.append(image)
-                # the first frame alone: its features start propagation without waiting for a batch
-                if len(frames) >= batch_frames or frame.index == 0:
-                    yield from zip(frames, self._features(video_id, frames, images))
-                    frames, images = [], []
-            if frames:
-                yield from zip(frames, self._features(video_id, frames, images))
+            yield from self.features.stream(stream)
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            stream.close()
 
     def propagate_frames(
         self,
         frames_or_path: Any,
         first_mask: Any,
-        video_id: str | None = None,
         n_last_frames: int | None = None,
     ) -> Iterator[tuple[Frame, PropagatedFrame]]:
         """Like :meth:`propagate` but also yields each input :class:`Frame` (for overlays)."""
@@ -155,21 +117,20 @@ class VideoPipeline:
         label_mask = as_label_mask(first_mask, source.size)
         object_ids = label_mask.object_ids
         propagator = LabelPropagator(self._propagation_config(n_last_frames))
-        stride = self.extractor.stride
-        for frame, features in self.frames_with_features(source, video_id):
+        for frame, fmap in self.frames_with_features(source):
+            features = fmap.features
             with torch.inference_mode():
                 if frame.index == 0:
-                    grid = tuple(features.shape[-2:])
-                    onehot = labels_to_onehot(object_ids.to_channels(label_mask.ids), object_ids.num_channels, grid)
+                    onehot = labels_to_onehot(object_ids.to_channels(label_mask.ids), object_ids.num_channels, fmap.grid_size)
                     propagator.reset(features, onehot.to(features.device))
                     ids = label_mask.ids
                 else:
                     soft = propagator.step(features)
-                    ids = object_ids.to_ids(propagator.to_mask(soft, stride, frame.size))
-            del features
+                    ids = object_ids.to_ids(propagator.to_mask(soft, fmap.stride, frame.size))
+            del features, fmap
             yield frame, PropagatedFrame(name=frame.name, index=frame.index, mask=ids)
 
-    def propagate(self, frames_or_path: Any, first_mask: Any, video_id: str | None = None) -> Iterator[PropagatedFrame]:
+    def propagate(self, frames_or_path: Any, first_mask: Any) -> Iterator[PropagatedFrame]:
         """Propagate ``first_mask`` through a video, one frame at a time (writes no files).
 
         Args:
@@ -177,7 +138,6 @@ class VideoPipeline:
                 :class:`~vidprop.io.frames.FrameSource`, or an iterable of (H, W, 3) uint8 RGB arrays.
             first_mask: path to the first frame's indexed/grayscale PNG, or an (H, W) integer
                 array of object ids (0 = background, 255 = void).
-            video_id: key of this video in the feature cache (cache unused when None).
 
         Yields:
             :class:`PropagatedFrame` per input frame, in order, starting with the first mask.
@@ -186,7 +146,7 @@ class VideoPipeline:
         Raises:
             SourceError, MaskError: bad input (checked before any feature is computed).
         """
-        for _, out in self.propagate_frames(frames_or_path, first_mask, video_id):
+        for _, out in self.propagate_frames(frames_or_path, first_mask):
             yield out
 
 

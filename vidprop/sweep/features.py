@@ -40,9 +40,9 @@ def shared_pass_key(config: Any) -> Any:
 
 
 def _section(config: Any) -> str:
-    from vidprop.features.base import _spec
+    from vidprop.features.base import get_backend
 
-    return _spec(config.features.backend).config_field
+    return get_backend(config.features.backend).config_field
 
 
 class SharedFeatures:
@@ -72,6 +72,7 @@ class SharedFeatures:
         else:
             self.features_config = base.features
         self._extractor = None
+        self._specs = None
         self._caches = None
 
     def _value(self, config: Any):
@@ -86,12 +87,18 @@ class SharedFeatures:
             self._extractor = create_extractor(self.features_config, device=self.device, dtype=self.dtype)
         return self._extractor
 
+    @property
+    def specs(self):
+        """Each setting's :class:`~vidprop.features.base.FeatureSpec`, as its own extractor has it (no model loaded)."""
+        if self._specs is None:
+            from vidprop.features.base import describe_extractor
+
+            self._specs = [describe_extractor(c.features, dtype=self.dtype) for c in self.settings]
+        return self._specs
+
     def strides(self) -> list[int]:
         """Pixels per feature cell of each setting."""
-        if self.field is None:
-            return [self.extractor.stride]
-        by_layer = dict(zip(self.extractor.layers, self.extractor.layer_strides))
-        return [min(by_layer[i] for i in _layers(self._value(c))) for c in self.settings]
+        return [spec.stride for spec in self.specs]
 
     @property
     def caches(self):
@@ -103,11 +110,7 @@ class SharedFeatures:
             if cache.dir is None:
                 self._caches = [None] * len(self.settings)
             else:
-                keys = [dict(self.extractor.cache_key) for _ in self.settings]
-                if self.field is not None:
-                    for key, config in zip(keys, self.settings):
-                        key[self.field] = list(_layers(self._value(config)))
-                self._caches = [FeatureCache(cache.dir, key, cache.dtype) for key in keys]
+                self._caches = [FeatureCache(cache.dir, spec.cache_key, cache.dtype, spec.stride) for spec in self.specs]
         return self._caches
 
     def _compute(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -116,47 +119,39 @@ class SharedFeatures:
         layers = self.extractor.extract_layers(images)
         return [self.extractor.combine(layers, _layers(self._value(c))) for c in self.settings]
 
-    def _batch(self, video_id: str, names: list[str], images: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    def _batch(self, images: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         """Per setting, (C, h, w) float32 features of each frame of the batch, on the device."""
-        batch = torch.stack(images).to(self.device)
+        from vidprop.features.cache import frame_digest
+
+        batch = torch.stack(images)
         size = (int(batch.shape[-2]), int(batch.shape[-1]))
         with torch.inference_mode():
-            found = [[None] * len(names) if c is None else [c.get(video_id, n, size) for n in names] for c in self.caches]
+            digests = [frame_digest(image) for image in images] if any(c is not None for c in self.caches) else []
+            found = [[None] * len(images) if c is None else [c.get(d, size) for d in digests] for c in self.caches]
             missing = sorted({i for per in found for i, f in enumerate(per) if f is None})
             if missing:
-                computed = self._compute(batch[missing])
+                computed = self._compute(batch[missing].to(self.device))
                 for per, cache, feats in zip(found, self.caches, computed):
                     for j, i in enumerate(missing):
                         if per[i] is None:
-                            per[i] = feats[j] if cache is None else cache.put(video_id, names[i], feats[j], size)
+                            per[i] = feats[j] if cache is None else cache.put(digests[i], feats[j], size)
             return [[f.to(device=self.device, dtype=torch.float32) for f in per] for per in found]
 
-    def stream(self, source: Any, video_id: str) -> Iterator[tuple[Any, list[torch.Tensor]]]:
+    def stream(self, source: Any) -> Iterator[tuple[Any, list[torch.Tensor]]]:
         """``(frame, [features of each setting])`` per frame, in order; batching as the video pipeline does."""
+        from vidprop.features.stage import batches
         from vidprop.io.prefetch import prefetch
 
         data = self.settings[0].data
-        batch_frames = max(1, int(getattr(self.extractor, "frames_per_batch", 1)))
         stream = prefetch(source, data.resize_policy(), depth=data.prefetch)
         try:
-            frames, images = [], []
-            for frame, image in stream:
-                frames.append(frame)
-                images.append(image)
-                if len(frames) >= batch_frames or frame.index == 0:
-                    per_setting = self._batch(video_id, [f.name for f in frames], images)
-                    yield from zip(frames, zip(*per_setting))
-                    frames, images = [], []
-            if frames:
-                per_setting = self._batch(video_id, [f.name for f in frames], images)
-                yield from zip(frames, zip(*per_setting))
+            for batch in batches(stream, self.specs[0].frames_per_batch):
+                frames, images = zip(*batch)
+                yield from zip(frames, zip(*self._batch(list(images))))
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            stream.close()
 
     def log_cache_stats(self) -> None:
         for cache in self._caches or ():
             if cache is not None:
-                s = cache.stats()
-                logger.info("feature cache %s: %d hits, %d misses (%d corrupt)", cache.folder, s["hits"], s["misses"], s["corrupt"])
+                cache.log_stats()

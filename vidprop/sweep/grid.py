@@ -140,10 +140,10 @@ def _check_key(key: str, leaves: Sequence[str]) -> None:
 
 def _backend_sections(config: VidpropConfig) -> tuple[set[str], str]:
     """Config sections of all feature backends, and the one the config's backend reads."""
-    from vidprop.features.base import _spec, list_extractors
+    from vidprop.features.base import get_backend, list_extractors
 
-    sections = {f"features.{_spec(name).config_field}" for name in list_extractors()}
-    return sections, f"features.{_spec(config.features.backend).config_field}"
+    sections = {f"features.{get_backend(name).config_field}" for name in list_extractors()}
+    return sections, f"features.{get_backend(config.features.backend).config_field}"
 
 
 def _check_used(axis_key: str, config: VidpropConfig) -> None:

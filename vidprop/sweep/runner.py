@@ -132,7 +132,7 @@ def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], 
     import torch
 
     from vidprop.io.masks import labels_to_onehot, read_mask, write_mask
-    from vidprop.pipeline import VideoPipeline, cache_id
+    from vidprop.pipeline import VideoPipeline
     from vidprop.propagation import LabelPropagator
 
     source = video.source
@@ -142,11 +142,11 @@ def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], 
     for point, folder, _ in todo:
         folder.mkdir(parents=True, exist_ok=True)
         clear_complete(folder)
-        settings = VideoPipeline(point.config, extractor=shared.extractor)._propagation_config(video.n_last_frames)
+        settings = VideoPipeline(point.config)._propagation_config(video.n_last_frames)
         propagators.append(LabelPropagator(settings))
     strides = shared.strides()
     points = [p for p, _, _ in todo]
-    stream = shared.stream(source, video_id=cache_id(video.name, source))
+    stream = shared.stream(source)
     bar = progress(None, total=len(source), desc=f"{video.name} x {len(todo)}", unit="frame", leave=False, position=1)
     count = 0
     try:
