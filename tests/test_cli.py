@@ -191,3 +191,45 @@ def test_seed_flag_seeds_the_dift_noise():
     assert cfg.features.dift.seed == 7
     default = config_from_args(cli.build_parser().parse_args(["propagate", "frames", "--mask", "m.png", "--out", "o"]))
     assert default.features.dift.seed == 0
+
+
+def make_full_resolution_root(davis_root: Path, dest: Path, seq: str = "car-shadow", n: int = 5, scale: int = 2) -> Path:
+    """A DAVIS root with only a Full-Resolution folder: the first ``n`` frames and masks of ``seq``
+    upscaled ``scale`` times (frames bicubic, masks nearest)."""
+    import cv2
+
+    for path in sorted((davis_root / "JPEGImages" / "480p" / seq).glob("*.jpg"))[:n]:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        big = cv2.resize(image, (image.shape[1] * scale, image.shape[0] * scale), interpolation=cv2.INTER_CUBIC)
+        (dest / "JPEGImages" / "Full-Resolution" / seq).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(big).save(dest / "JPEGImages" / "Full-Resolution" / seq / path.name, quality=95)
+        mask = read_mask(davis_root / "Annotations" / "480p" / seq / f"{path.stem}.png")
+        big_ids = np.repeat(np.repeat(mask.ids, scale, axis=0), scale, axis=1)
+        write_mask(dest / "Annotations" / "Full-Resolution" / seq / f"{path.stem}.png", big_ids, mask.palette)
+    (dest / "ImageSets" / "2017").mkdir(parents=True, exist_ok=True)
+    (dest / "ImageSets" / "2017" / "val.txt").write_text(seq + "\n")
+    return dest
+
+
+def test_full_resolution_run_is_written_and_scored_against_full_resolution_ground_truth(davis_root, tmp_path, capsys):
+    root = make_full_resolution_root(davis_root, tmp_path / "davis")
+    out = tmp_path / "results"
+    argv = ["davis", "--davis-root", str(root), "--set", "val", "--resolution", "Full-Resolution", "--out", str(out)]
+    assert cli.main([*argv, *FAST, "--short-side", "64"]) == 0
+    masks = sorted((out / "car-shadow").glob("*.png"))
+    assert [p.stem for p in masks] == [f"{i:05d}" for i in range(5)]
+    assert all(Image.open(p).size == (1708, 960) for p in masks)
+    jf = float(re.search(r"J&F-Mean: ([0-9.]+)", capsys.readouterr().out).group(1))
+    scores = evaluate_davis(root, out, resolution="Full-Resolution", processes=1)
+    assert jf == pytest.approx(scores.j_and_f_mean, abs=1e-6) and jf > 0.5
+    assert cli.main(["evaluate", "--davis-root", str(root), "--results", str(out), "--resolution", "Full-Resolution", "--processes", "1"]) == 0
+    assert f"{scores.j_and_f_mean:.3f}" in capsys.readouterr().out
+
+
+def test_extract_needs_no_masks(davis_root, tmp_path):
+    root = make_full_resolution_root(davis_root, tmp_path / "davis", n=3)
+    shutil.rmtree(root / "Annotations")
+    cache = tmp_path / "cache"
+    argv = ["extract", "--davis-root", str(root), "--set", "val", "--resolution", "Full-Resolution", "--cache-dir", str(cache)]
+    assert cli.main([*argv, *FAST, "--short-side", "64"]) == 0
+    assert len(list(cache.rglob("*.safetensors"))) == 3

@@ -65,7 +65,7 @@ def test_wrong_resolution(short_sequence):
 
 def test_missing_split_file_lists_available(short_sequence):
     root = short_sequence("car-shadow", 2)
-    with pytest.raises(DavisLayoutError, match=r"no split file for split 'test-dev' \(available: val\)") as info:
+    with pytest.raises(DavisLayoutError, match=r"no sequence list for split 'test-dev' \(expected ImageSets/2017/test-dev.txt; available: val\)") as info:
         DavisDataset(root, split="test-dev")
     assert info.value.path == str(root / "ImageSets" / "2017" / "test-dev.txt")
 
@@ -107,3 +107,29 @@ def test_sequence_without_annotations(short_sequence):
     shutil.rmtree(ann)
     with pytest.raises(DavisLayoutError, match="no annotation folder"):
         ds.annotation_paths("car-shadow")
+
+
+def test_ground_truth_only_and_frames_only_views(short_sequence):
+    root = short_sequence("car-shadow", 3)
+    shutil.move(root / "JPEGImages", root / "frames-elsewhere")
+    gt_only = DavisDataset(root, frames=False)  # what the scorer needs
+    assert [p.name for p in gt_only.annotation_paths("car-shadow")] == ["00000.png", "00001.png", "00002.png"]
+    with pytest.raises(DavisLayoutError, match="missing folder JPEGImages/480p"):
+        DavisDataset(root)
+    shutil.move(root / "frames-elsewhere", root / "JPEGImages")
+    shutil.rmtree(root / "Annotations")
+    frames_only = DavisDataset(root, annotations=False)  # what feature extraction needs
+    assert len(frames_only.frames("car-shadow")) == 3
+    with pytest.raises(DavisLayoutError, match="missing folder Annotations/480p"):
+        DavisDataset(root)
+
+
+def test_select_keeps_split_order_and_rejects_unknown_names(short_sequence):
+    short_sequence("car-shadow", 2)
+    root = short_sequence("blackswan", 2)
+    ds = DavisDataset(root)
+    assert ds.select(None) == ds.select([]) == ["car-shadow", "blackswan"]
+    assert ds.select(["blackswan", "car-shadow"]) == ["car-shadow", "blackswan"]
+    with pytest.raises(DavisLayoutError, match="not in split 'val': bear, dog") as info:
+        ds.select(["bear", "car-shadow", "dog"])
+    assert info.value.path == str(ds.split_file)

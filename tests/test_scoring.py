@@ -470,10 +470,10 @@ def test_missing_sequence_is_an_error_or_skipped(small_case, davis_root, caplog)
     assert info.value.message == (
         "no predictions for 2 of the 3 sequences (blackswan, dog); each needs a folder <results>/<sequence>/ of PNGs. "
         "To score only the 1 sequence(s) present, add --sequences car-shadow or --skip-missing "
-        "(Python: sequences=[...] or on_missing='skip')"
+        "(Python: sequences=[...] or on_missing_sequence='skip')"
     )
     with caplog.at_level(logging.WARNING, logger="vidprop"):
-        scores = evaluate_davis(root, pred, on_missing="skip", processes=1)
+        scores = evaluate_davis(root, pred, on_missing_sequence="skip", processes=1)
     assert scores.skipped_sequences == ("blackswan", "dog")
     assert scores.sequences == ("car-shadow",)
     assert "blackswan" in caplog.text

@@ -17,7 +17,7 @@ from typing import Any, Mapping, TypeVar
 
 from vidprop.errors import ConfigError
 
-__all__ = ["option", "check", "from_dict", "to_dict", "field_help", "iter_fields"]
+__all__ = ["option", "check", "from_dict", "to_dict", "field_help", "iter_fields", "replace_options"]
 
 C = TypeVar("C")
 
@@ -184,3 +184,26 @@ def to_dict(obj: Any) -> dict[str, Any]:
         return v
 
     return plain(obj)
+
+
+def replace_options(config: C, overrides: Mapping[str, Any], prefix: str) -> C:
+    """A copy of the config dataclass ``config`` with the fields named in ``overrides`` replaced.
+
+    For APIs that take a config plus keyword overrides (``create_extractor(..., ensemble_size=2)``,
+    ``evaluate_davis(..., processes=2)``). The values are checked like YAML values.
+
+    Args:
+        prefix: the config's dotted section, for error messages (e.g. ``"scoring."``).
+
+    Raises:
+        ConfigError: an unknown name (with the closest valid one) or a bad value.
+    """
+    if not overrides:
+        return config
+    names = [f.name for f in dataclasses.fields(config)]
+    for key in overrides:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid options: {', '.join(names)}"
+            raise ConfigError(f"unknown option{hint}", key=f"{prefix}{key}")
+    return from_dict(type(config), dict(overrides), prefix=prefix, base=config)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from vidprop.config import VidpropConfig, load_config
 from vidprop.config_base import iter_fields
+from vidprop.io.davis import RESOLUTIONS
 
 __all__ = [
     "Shorthand",
@@ -231,7 +232,7 @@ def add_davis_options(parser: argparse.ArgumentParser, required: bool = True) ->
     group.add_argument("--davis-root", metavar="ROOT", required=required, help="DAVIS folder with JPEGImages/, Annotations/, ImageSets/")
     group.add_argument("--split", default=None, help="split list ImageSets/2017/<split>.txt (default val; also accepted as --set val)")
     group.add_argument("--sequences", metavar="A,B", default=None, help="comma-separated sequences to run (default: the whole split)")
-    group.add_argument("--resolution", default="480p", choices=("480p", "Full-Resolution"), help="DAVIS resolution folder")
+    group.add_argument("--resolution", default="480p", choices=RESOLUTIONS, help="DAVIS resolution folder (of frames and ground truth)")
 
 
 def parse_sequences(text: str | None) -> list[str] | None:

@@ -6,6 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from vidprop.cli.common import parse_sequences
+from vidprop.io.davis import RESOLUTIONS
+
 __all__ = ["register", "run"]
 
 logger = logging.getLogger(__name__)
@@ -26,10 +29,13 @@ those with --sequences A,B (or --skip-missing). 255 is void; binary 0/255 masks 
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("evaluate", help="score predicted masks (DAVIS J&F)", description=DESCRIPTION)
     davis = parser.add_argument_group("DAVIS parity mode")
-    davis.add_argument("--davis-root", metavar="ROOT", help="DAVIS folder (ImageSets/2017, Annotations/480p)")
+    davis.add_argument("--davis-root", metavar="ROOT", help="DAVIS folder (ImageSets/2017, Annotations/<resolution>)")
     davis.add_argument("--results", metavar="DIR", help="predictions: DIR/<seq>/<frame>.png")
     davis.add_argument("--set", dest="split", default="val", metavar="SPLIT", help="split to score (default: val)")
     davis.add_argument("--sequences", metavar="A,B", help="score only these sequences of the split (comma-separated)")
+    davis.add_argument(
+        "--resolution", default="480p", choices=RESOLUTIONS, help="ground-truth resolution folder (predictions must have its size)"
+    )
     generic = parser.add_argument_group("generic folders")
     generic.add_argument("--gt", metavar="DIR", help="ground truth: DIR/<seq>/<frame>.png")
     generic.add_argument("--pred", metavar="DIR", help="predictions with the same names as --gt")
@@ -65,6 +71,8 @@ def _check_mode(args: argparse.Namespace) -> bool:
         raise ConfigError("generic mode needs both --gt and --pred", key="--gt/--pred")
     if generic and args.sequences:
         raise ConfigError("--sequences only applies to --davis-root/--results", key="--sequences")
+    if generic and args.resolution != "480p":
+        raise ConfigError("--resolution only applies to --davis-root/--results", key="--resolution")
     if davis and (args.ignore_void or args.score_first_last or args.binary):
         raise ConfigError(
             "--ignore-void, --score-first-last and --binary only apply to --gt/--pred (DAVIS parity mode follows the "
@@ -86,21 +94,11 @@ def run(args: argparse.Namespace) -> int:
         binary=args.binary,
     )
     if parity:
-        sequences = [s for s in args.sequences.split(",") if s] if args.sequences else None
-        scores = evaluate_davis(
-            args.davis_root, args.results, args.split, config.processes, config.on_missing_sequence, sequences
-        )
+        sequences = parse_sequences(args.sequences)
+        scores = evaluate_davis(args.davis_root, args.results, args.split, sequences, config=config, resolution=args.resolution)
         pred_dir = args.results
     else:
-        scores = evaluate_folders(
-            args.gt,
-            args.pred,
-            config.ignore_void,
-            config.processes,
-            config.on_missing_sequence,
-            config.skip_first_last,
-            binary=config.binary,
-        )
+        scores = evaluate_folders(args.gt, args.pred, config=config)
         pred_dir = args.pred
     out = Path(args.out if args.out is not None else pred_dir)
     global_csv, per_sequence_csv = write_reports(scores, out, args.split)

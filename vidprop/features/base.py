@@ -18,13 +18,13 @@ one and :func:`describe_extractor` describes one, so callers never name a backen
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from vidprop.config_base import replace_options
 from vidprop.device import dtype_name, resolve_device, torch_dtype
 from vidprop.errors import ConfigError, ShapeError
 
@@ -217,15 +217,7 @@ def _resolve(name_or_config: Any, overrides: dict[str, Any]) -> tuple[Backend, A
         if not matches:
             raise ConfigError(f"cannot build a feature extractor from {type(name_or_config).__name__}", key="features")
         backend, config = matches[0], name_or_config
-    if overrides:
-        names = {f.name for f in dataclasses.fields(config)}
-        for key in overrides:
-            if key not in names:
-                close = difflib.get_close_matches(key, sorted(names), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"unknown option of backend {backend.name!r}{hint}", key=f"features.{backend.config_field}.{key}")
-        config = dataclasses.replace(config, **overrides)
-    return backend, config
+    return backend, replace_options(config, overrides, f"features.{backend.config_field}.")
 
 
 def create_extractor(name_or_config: Any, **overrides: Any) -> FeatureExtractor:

@@ -40,33 +40,30 @@ class DavisRun:
     reports: tuple[Path, Path] | None = None
 
 
-def davis_jobs(dataset: Any, out_dir: Path, sequences: Sequence[str] | None = None) -> list[VideoJob]:
+def davis_jobs(dataset: Any, out_dir: Path, sequences: Sequence[str] | None = None, masks: bool = True) -> list[VideoJob]:
     """One :class:`VideoJob` per DAVIS sequence, writing to ``out_dir/<seq>/``.
 
-    Raises:
-        DavisLayoutError: a requested sequence is not in the split.
-    """
-    from vidprop.errors import DavisLayoutError
+    Args:
+        dataset: the split (:class:`~vidprop.io.davis.DavisDataset`).
+        sequences: restrict to these sequences of the split.
+        masks: find each sequence's first-frame annotation (False for feature extraction).
 
-    names = list(dataset.sequences)
-    if sequences:
-        unknown = [s for s in sequences if s not in names]
-        if unknown:
-            raise DavisLayoutError(
-                f"sequence(s) {', '.join(unknown)} not in the split (split file {dataset.split_file} lists {len(names)})",
-                dataset.split_file,
+    Raises:
+        DavisLayoutError: a requested sequence is not in the split, or a first annotation is missing.
+    """
+    jobs = []
+    for seq in dataset.select(sequences):
+        frames = dataset.frames(seq)
+        jobs.append(
+            VideoJob(
+                name=seq,
+                source=frames,
+                mask=dataset.first_mask_path(seq, frames) if masks else None,
+                out_dir=out_dir / seq,
+                n_last_frames=REFERENCE_CONTEXT_CAPS.get(seq),
             )
-        names = [s for s in names if s in set(sequences)]
-    return [
-        VideoJob(
-            name=seq,
-            source=dataset.frames(seq),
-            mask=dataset.first_mask_path(seq),
-            out_dir=out_dir / seq,
-            n_last_frames=REFERENCE_CONTEXT_CAPS.get(seq),
         )
-        for seq in names
-    ]
+    return jobs
 
 
 def run_davis(
@@ -118,7 +115,7 @@ def run_davis(
                 len(pending), ", ".join(pending[:5]) + (" ..." if len(pending) > 5 else ""),
             )
         return DavisRun(summary, names, pending)
-    scores = score_davis(davis_root, out_dir, config, split=split, sequences=names)
+    scores = score_davis(davis_root, out_dir, config, split=split, sequences=names, resolution=resolution)
     from vidprop.scoring import write_reports
 
     reports = tuple(write_reports(scores, out_dir, split))
@@ -131,16 +128,17 @@ def score_davis(
     config: VidpropConfig,
     split: str = "val",
     sequences: Sequence[str] | None = None,
+    resolution: str = "480p",
 ) -> Any:
-    """The scorer's :class:`~vidprop.scoring.DavisScores` of ``results_dir``.
+    """The scorer's :class:`~vidprop.scoring.DavisScores` of ``results_dir``, with ``config.scoring``.
 
     Args:
         sequences: score only these sequences of the split (None = all of it).
+        resolution: the DAVIS resolution the masks were made at (their ground truth's).
     """
     from vidprop.scoring import evaluate_davis
 
-    scoring = config.scoring
     # One process unless asked: scoring the 934 sample frames takes ~4 s in-process, less than
     # starting a pool next to the loaded model.
-    kwargs = dict(split=split, processes=scoring.processes or 1, on_missing=scoring.on_missing_sequence)
-    return evaluate_davis(davis_root, results_dir, sequences=sequences, **kwargs)
+    scoring = dataclasses.replace(config.scoring, processes=config.scoring.processes or 1)
+    return evaluate_davis(davis_root, results_dir, split, sequences, config=scoring, resolution=resolution)

@@ -54,8 +54,8 @@ def extract(
     if davis_root is not None:
         from vidprop.io.davis import DavisDataset
 
-        dataset = DavisDataset(davis_root, split=split, resolution=resolution)
-        videos = [(job.name, job.source) for job in davis_jobs(dataset, Path("."), sequences)]
+        dataset = DavisDataset(davis_root, split=split, resolution=resolution, annotations=False)
+        videos = [(job.name, job.source) for job in davis_jobs(dataset, Path("."), sequences, masks=False)]
     else:
         videos = list_videos(source)[1]
     rt = config.runtime

@@ -4,7 +4,8 @@ Two entry points:
 
 * :func:`evaluate_davis` gives exactly the numbers of the official DAVIS-2017 semi-supervised
   evaluation (davisvideochallenge/davis2017-evaluation, ``--task semi-supervised``): sequences
-  from ``ImageSets/2017/<split>.txt``, ground truth from ``Annotations/480p/<seq>/*.png`` in the
+  from ``ImageSets/2017/<split>.txt``, ground truth from ``Annotations/<resolution>/<seq>/*.png``
+  (read through :class:`~vidprop.io.davis.DavisDataset`, the one reader of the layout) in the
   official tool's frame order (names sorted as strings, so ``10.png`` comes before ``2.png``; a
   warning says so when that differs from natural order), the first and last frame not scored,
   objects = ids ``1..N`` with ``N`` the largest id of the first ground-truth frame, void (255)
@@ -37,17 +38,17 @@ import threading
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from vidprop.config_base import check
-from vidprop.errors import ConfigError, DavisLayoutError, InputError, MaskError, ShapeError, SourceError
+from vidprop.config_base import check, replace_options
+from vidprop.errors import InputError, MaskError, ShapeError, SourceError
+from vidprop.io.davis import DavisDataset
 from vidprop.io.frames import natural_key
-from vidprop.io.davis import read_split
 from vidprop.io.masks import VOID_ID, list_mask_files
 from vidprop.log import progress
-from vidprop.scoring.config import ON_MISSING_CHOICES
+from vidprop.scoring.config import ON_MISSING_CHOICES, ScoringConfig
 from vidprop.scoring.measures import boundary_radius, frame_measures, sequence_statistics
 from vidprop.scoring.png import read_ids
 
@@ -111,7 +112,7 @@ class DavisScores:
     Attributes:
         objects: per-object scores, sequences in evaluation order, objects by id.
         skipped_sequences: sequences left out because their predictions were missing
-            (``on_missing="skip"``).
+            (``on_missing_sequence="skip"``).
         parity: True for the official DAVIS semantics (:func:`evaluate_davis`).
     """
 
@@ -256,7 +257,7 @@ def _missing_message(missing: list[str], present: list[str], total: int, parity:
     subset = f"--sequences {','.join(present)} or " if parity else ""
     return (
         f"{message}. To score only the {len(present)} sequence(s) present, add {subset}--skip-missing "
-        f"(Python: {'sequences=[...] or ' if parity else ''}on_missing='skip')"
+        f"(Python: {'sequences=[...] or ' if parity else ''}on_missing_sequence='skip')"
     )
 
 
@@ -294,27 +295,11 @@ def _check_results_dir(path: Path) -> Path:
     return path
 
 
-def _davis_sequences(davis_root: Path, split: str, only: Sequence[str] | None = None) -> list[tuple[str, list[Path]]]:
-    split_file = davis_root / "ImageSets" / "2017" / f"{split}.txt"
-    annotations = davis_root / "Annotations" / "480p"
-    if not davis_root.is_dir():
-        raise DavisLayoutError("DAVIS root does not exist or is not a folder", davis_root)
-    if not split_file.is_file():
-        raise DavisLayoutError(f"no sequence list for split {split!r} (expected ImageSets/2017/{split}.txt)", split_file)
-    names = read_split(split_file)
-    if only is not None:
-        unknown = [n for n in only if n not in names]
-        if unknown:
-            raise DavisLayoutError(f"sequence(s) not in split {split!r}: {', '.join(unknown)}", split_file)
-        names = [n for n in names if n in set(only)]
-    out = []
-    for name in names:
-        folder = annotations / name
-        files = list_mask_files(folder) if folder.is_dir() else []
-        if not files:
-            raise DavisLayoutError(f"sequence {name!r} of split {split!r} has no ground-truth PNGs", folder)
-        out.append((name, files))
-    return out
+def _davis_sequences(
+    davis_root: Path, split: str, resolution: str, only: Sequence[str] | None = None
+) -> list[tuple[str, list[Path]]]:
+    dataset = DavisDataset(davis_root, split=split, resolution=resolution, frames=False)
+    return [(name, dataset.annotation_paths(name)) for name in dataset.select(only)]
 
 
 def _folder_sequences(gt_root: Path) -> list[tuple[str, list[Path]]]:
@@ -584,30 +569,40 @@ def evaluate_davis(
     davis_root: str | os.PathLike,
     results_dir: str | os.PathLike,
     split: str = "val",
-    processes: int | None = None,
-    on_missing: str = "error",
     sequences: Sequence[str] | None = None,
+    *,
+    config: ScoringConfig | None = None,
+    resolution: str = "480p",
+    **overrides: Any,
 ) -> DavisScores:
     """Score DAVIS-2017 semi-supervised predictions exactly as the official evaluation does.
 
     Args:
-        davis_root: DAVIS folder with ``ImageSets/2017/<split>.txt`` and ``Annotations/480p/<seq>/``.
+        davis_root: DAVIS folder with ``ImageSets/2017/<split>.txt`` and ``Annotations/<resolution>/<seq>/``
+            (read through :class:`~vidprop.io.davis.DavisDataset`).
         results_dir: folder with ``<seq>/<frame>.png`` (palette or grayscale PNGs of object ids).
         split: sequence list to score ("val", "train", ...).
-        processes: parallel workers (None = one per CPU core, 1 = in the calling thread): forked
-            processes when forking is safe, otherwise threads (see the module docstring).
-        on_missing: sequences without a prediction folder are an ``"error"`` (listing all of them)
-            or are ``"skip"`` ped with a warning.
         sequences: score only these sequences of the split (in split order); None = all.
+        config: the scoring options (default ``ScoringConfig()``): ``processes`` (parallel
+            workers, None = one per CPU core, 1 = in the calling thread: forked processes when
+            forking is safe, otherwise threads, see the module docstring) and
+            ``on_missing_sequence`` (sequences without a prediction folder are an ``"error"``,
+            listing all of them, or are ``"skip"`` ped with a warning). ``ignore_void``,
+            ``skip_first_last`` and ``binary`` must keep their defaults: parity mode follows
+            the official tool.
+        resolution: the ground truth's resolution folder, ``"480p"`` or ``"Full-Resolution"``
+            (the official tool's ``resolution``); predictions must have its size.
+        **overrides: fields of ``config`` to replace, e.g. ``processes=2``.
 
     Returns:
         Unrounded :class:`DavisScores` (the official tool rounds to 3 decimals only when writing).
 
     Raises:
+        ConfigError: an unknown option, or ``ignore_void``/``skip_first_last``/``binary`` changed.
         DavisLayoutError: no split file, a sequence without ground truth, a ``sequences`` name
             that is not in the split.
-        SourceError: missing results folder or sequence folders (with ``on_missing="error"``; the
-            message lists every missing sequence and how to score the ones present), or a
+        SourceError: missing results folder or sequence folders (with ``on_missing_sequence="error"``;
+            the message lists every missing sequence and how to score the ones present), or a
             sequence with fewer than 3 frames.
         MaskError: a missing prediction frame, an unreadable or lossy (JPEG) file, a first
             ground-truth frame without object, a prediction id larger than the number of objects
@@ -620,20 +615,24 @@ def evaluate_davis(
     missing from the first frame below the largest one (ids 1 and 3) is an object that is absent
     everywhere, so it scores 1 in every frame the prediction also leaves it out.
     """
+    config = replace_options(config or ScoringConfig(), overrides, "scoring.")
+    for key, parity_value in (("ignore_void", False), ("skip_first_last", True), ("binary", False)):
+        check(
+            getattr(config, key) == parity_value, f"scoring.{key}", getattr(config, key),
+            f"{parity_value} for DAVIS scoring, which follows the official tool (the option applies to generic folders)",
+        )
     results = _check_results_dir(Path(results_dir))
-    listed = _davis_sequences(Path(davis_root), split, sequences)
-    jobs, skipped = _plan([(name, files, results / name) for name, files in listed], True, True, on_missing)
-    return _evaluate(jobs, skipped, _Options(), processes, parity=True)
+    listed = _davis_sequences(Path(davis_root), split, resolution, sequences)
+    jobs, skipped = _plan([(name, files, results / name) for name, files in listed], True, True, config.on_missing_sequence)
+    return _evaluate(jobs, skipped, _Options(), config.processes, parity=True)
 
 
 def evaluate_folders(
     gt_dir: str | os.PathLike,
     pred_dir: str | os.PathLike,
-    ignore_void: bool = False,
-    processes: int | None = None,
-    on_missing: str = "error",
-    skip_first_last: bool = True,
-    binary: bool = False,
+    *,
+    config: ScoringConfig | None = None,
+    **overrides: Any,
 ) -> DavisScores:
     """Score predictions of any dataset laid out as ``<dir>/<seq>/<frame>.png``.
 
@@ -657,15 +656,19 @@ def evaluate_folders(
     Args:
         gt_dir: ground-truth folder.
         pred_dir: prediction folder with the same sequence and frame names.
-        ignore_void: leave ground-truth void pixels out of J and F (as the official tool does in
-            its unsupervised task) instead of counting them as background.
-        processes, on_missing: as in :func:`evaluate_davis`.
-        skip_first_last: do not score the first and the last frame, nor the frame where an object
-            first appears (DAVIS semi-supervised protocol); False scores every frame from each
-            object's first appearance on.
-        binary: binary masks (DAVIS-2016 style, 0/255 or 0/1): every non-zero pixel, 255 included,
-            is the one object (row ``<seq>_1``); a mask with two different non-zero values is an
-            error. Without it 255 is void, and a 0/255 ground truth has no object.
+        config: the scoring options (default ``ScoringConfig()``):
+
+            - ``ignore_void``: leave ground-truth void pixels out of J and F (as the official
+              tool does in its unsupervised task) instead of counting them as background;
+            - ``skip_first_last``: do not score the first and the last frame, nor the frame
+              where an object first appears (DAVIS semi-supervised protocol); False scores every
+              frame from each object's first appearance on;
+            - ``binary``: binary masks (DAVIS-2016 style, 0/255 or 0/1): every non-zero pixel,
+              255 included, is the one object (row ``<seq>_1``); a mask with two different
+              non-zero values is an error. Without it 255 is void, and a 0/255 ground truth has
+              no object;
+            - ``processes``, ``on_missing_sequence``: as in :func:`evaluate_davis`.
+        **overrides: fields of ``config`` to replace, e.g. ``binary=True``.
 
     Returns:
         Unrounded :class:`DavisScores` with ``parity=False``.
@@ -674,14 +677,12 @@ def evaluate_folders(
         MaskError: as :func:`evaluate_davis`, and a sequence whose ground truth has no object in
             its scored frames (e.g. 0/255 masks without ``binary``; the message says how to score
             them), or, with ``binary``, a mask with several non-zero values.
-        ConfigError: ``binary`` together with ``ignore_void``.
+        ConfigError: an unknown option, or ``binary`` together with ``ignore_void``.
     """
-    if binary and ignore_void:
-        raise ConfigError("binary masks have no void: give binary or ignore_void, not both", key="binary/ignore_void")
+    config = replace_options(config or ScoringConfig(), overrides, "scoring.")
     gt_root, pred_root = Path(gt_dir), _check_results_dir(Path(pred_dir))
     sequences = [
         (name or gt_root.name, files, pred_root / name if name else pred_root) for name, files in _folder_sequences(gt_root)
     ]
-    jobs, skipped = _plan(sequences, False, skip_first_last, on_missing)
-    return _evaluate(jobs, skipped, _Options(ignore_void, binary), processes, parity=False)
-
+    jobs, skipped = _plan(sequences, False, config.skip_first_last, config.on_missing_sequence)
+    return _evaluate(jobs, skipped, _Options(config.ignore_void, config.binary), config.processes, parity=False)

@@ -88,7 +88,9 @@ class DavisSweepData:
         """The :class:`~vidprop.scoring.DavisScores` of ``pred_dir`` (as ``vidprop davis`` scores)."""
         from vidprop.pipeline import score_davis
 
-        return score_davis(self.root, pred_dir, config, split=self.split, sequences=[v.name for v in self.videos])
+        return score_davis(
+            self.root, pred_dir, config, split=self.split, sequences=[v.name for v in self.videos], resolution=self.resolution
+        )
 
 
 class FolderSweepData:
@@ -162,9 +164,7 @@ class FolderSweepData:
 
         scoring = config.scoring
         on_missing = "skip" if self.skipped else scoring.on_missing_sequence
-        scores = evaluate_folders(
-            self.gt, pred_dir, scoring.ignore_void, scoring.processes or 1, on_missing, scoring.skip_first_last
-        )
+        scores = evaluate_folders(self.gt, pred_dir, config=scoring, processes=scoring.processes or 1, on_missing_sequence=on_missing)
         if tuple(sorted(scores.skipped_sequences)) != tuple(sorted(self.skipped)):
             raise VidpropError(f"{pred_dir}: scored {scores.sequences}, expected the sweep's videos {[v.name for v in self.videos]}")
         return scores
