@@ -128,8 +128,7 @@ def test_without_ray_installed_the_ray_engine_says_how_to_get_it(davis_root, tmp
 
 def test_workers_travel_without_their_model(davis_root):
     from vidprop.pipeline import VideoPipeline
-    from vidprop.pipeline.batch import MaskWriter
-    from vidprop.pipeline.fill_cache import FeatureFiller
+    from vidprop.pipeline.jobs import FeatureFiller, MaskWriter
 
     cfg = load_config(LAB)
     for worker_class in (MaskWriter, FeatureFiller):

@@ -22,12 +22,14 @@ from vidprop.errors import ConfigError, MaskError, SourceError
 from vidprop.io.atomic import COMPLETE_MARKER, is_complete
 from vidprop.io.masks import davis_palette, read_mask, write_mask
 from vidprop.pipeline import (
+    MaskPropagation,
     PropagatedFrame,
     VideoJob,
     VideoPipeline,
     find_videos,
     propagate_video,
     resolve_runtime,
+    run_job,
     run_videos,
     select_shard,
 )
@@ -206,7 +208,7 @@ class Boom(RuntimeError):
 
 @pytest.mark.parametrize("error", [Boom, KeyboardInterrupt])
 def test_interrupted_video_is_never_complete_and_resumes(videos, tmp_path, monkeypatch, error):
-    import vidprop.pipeline.batch as batch
+    import vidprop.pipeline.jobs as batch
 
     src, masks = videos
     out = tmp_path / "out"
@@ -338,3 +340,66 @@ def test_dift_backend_end_to_end_with_a_tiny_model(seq_dir, tiny_sd_dir, tmp_pat
     assert not warm.features.loaded
     for name, mask in masks.items():
         np.testing.assert_array_equal(cached[name], mask)
+
+
+def test_run_job_runs_one_video_end_to_end_whatever_the_sharding(seq_dir, tmp_path, monkeypatch):
+    # The one public function another engine calls per video: it never looks at RANK/WORLD_SIZE.
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    job = VideoJob("car-shadow", frames_of(seq_dir), first_mask_of(seq_dir), tmp_path / "out")
+    pipe = VideoPipeline(lab_config())
+    outcome = run_job(job, pipe)
+    assert (outcome.status, outcome.frames) == ("done", 6)
+    assert is_complete(tmp_path / "out") and len(list((tmp_path / "out").glob("*.png"))) == 6
+    expected = [o.mask for o in pipe.propagate(frames_of(seq_dir), first_mask_of(seq_dir))]
+    for mask, path in zip(expected, sorted((tmp_path / "out").glob("*.png"))):
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), mask)
+    assert run_job(job, pipe).status == "skipped"
+
+
+def test_each_job_opens_its_frames_and_reads_its_mask_once(videos, tmp_path, monkeypatch):
+    import vidprop.pipeline.inputs as inputs
+    from vidprop.io.image_folder import ImageFolderSource
+
+    opened, read = [], []
+    real_init, real_read = ImageFolderSource.__init__, inputs.read_mask
+    monkeypatch.setattr(ImageFolderSource, "__init__", lambda self, path, *a, **k: opened.append(Path(path).name) or real_init(self, path, *a, **k))
+    monkeypatch.setattr(inputs, "read_mask", lambda path, *a, **k: read.append(Path(path).name) or real_read(path, *a, **k))
+    src, masks = videos
+    summary = run_videos(find_videos(src, tmp_path / "out", masks_dir=masks), lab_config())
+    assert summary.count("done") == 3
+    assert sorted(opened) == ["blackswan", "car-shadow"]  # the third video is an mp4
+    assert sorted(read) == ["00000.png", "car-shadow.png", "dog.png"]
+
+
+def test_one_pass_over_the_features_feeds_several_propagations(seq_dir):
+    cfg = lab_config()
+    settings = [cfg.with_overrides(["propagation.topk=3"]), cfg.with_overrides(["propagation.topk=15", "propagation.radius=2"])]
+    pipe = VideoPipeline(cfg)
+    mask = read_mask(first_mask_of(seq_dir))
+    propagations = [MaskPropagation(mask, VideoPipeline(c).propagation_config()) for c in settings]
+    together: list[list[np.ndarray]] = [[], []]
+    for frame, fmap in pipe.frames_with_features(frames_of(seq_dir)):
+        for out, propagation in zip(together, propagations):
+            out.append(propagation.step(frame, fmap).mask)
+    for masks, c in zip(together, settings):
+        alone = [o.mask for o in propagate_video(frames_of(seq_dir), first_mask_of(seq_dir), c)]
+        assert len(masks) == len(alone) == 6
+        for a, b in zip(masks, alone):
+            np.testing.assert_array_equal(a, b)
+    assert any((a != b).any() for a, b in zip(*together))  # the two settings do differ
+
+
+def test_streamed_arrays_report_misuse_as_source_errors(seq_dir):
+    from vidprop.pipeline import ArrayFrameSource
+
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(frames_of(seq_dir).glob("*.jpg"))[:2]]
+    stream = ArrayFrameSource(iter(images))
+    with pytest.raises(SourceError, match="unknown until it ends"):
+        len(stream)
+    with pytest.raises(SourceError, match="known only while reading"):
+        stream.names
+    assert len(list(stream)) == 2
+    with pytest.raises(SourceError, match="can be read once"):
+        list(stream)
+    assert ArrayFrameSource(images).names == ["00000", "00001"]

@@ -91,7 +91,7 @@ def failed_outcome(name: str, exc: BaseException) -> Any:
     else 1 (an internal error, logged with its traceback).
     """
     from vidprop.errors import VidpropError
-    from vidprop.pipeline.batch import VideoOutcome
+    from vidprop.pipeline.jobs import VideoOutcome
 
     if isinstance(exc, VidpropError):
         logger.error("%s failed: %s", name, exc)

@@ -1,33 +1,50 @@
 """The product: frames -> features -> label propagation -> masks, for one video or many.
 
-- :class:`VideoPipeline` holds the feature extractor (loaded once, reused across videos) and
-  streams :class:`PropagatedFrame` s; :func:`propagate_video` is the one-call convenience.
-- :func:`run_videos` writes PNGs resumably, sharded, with overlays; :func:`find_videos` maps a
-  folder (of videos) and masks to jobs.
-- :func:`run_davis` runs a DAVIS split and scores it; :func:`extract` fills the feature cache.
+- :mod:`~vidprop.pipeline.inputs`: :func:`open_video`, where a video's frames and first mask are
+  opened and checked, once;
+- :mod:`~vidprop.pipeline.stream`, the streaming core for one video in memory:
+  :class:`VideoPipeline` (holds the feature stage across videos; ``propagate``,
+  ``frames_with_features`` for one pass over a video's features), :class:`MaskPropagation` (one
+  mask through those features), :func:`propagate_video`;
+- :mod:`~vidprop.pipeline.jobs`, the job runner for videos on disk: :func:`run_job` runs one video
+  end to end (read, propagate, write the masks, mark complete), :func:`run_jobs` runs a shard of
+  jobs on the execution engine (:mod:`vidprop.engines`: here, or on Ray) with failure isolation;
+  :func:`find_videos` + :func:`run_videos` is the folder runner;
+- :mod:`~vidprop.pipeline.davis`: :func:`run_davis` runs and scores a DAVIS split;
+- :mod:`~vidprop.pipeline.extract`: :func:`extract` fills the feature cache.
 """
 
-from vidprop.pipeline.batch import (
+from vidprop.pipeline.davis import REFERENCE_CONTEXT_CAPS, DavisRun, davis_jobs, run_davis, score_davis
+from vidprop.pipeline.extract import extract
+from vidprop.pipeline.inputs import ArrayFrameSource, VideoInput, as_frame_source, as_label_mask, open_video
+from vidprop.pipeline.jobs import (
     CONFIG_FILE,
+    FeatureFiller,
+    JobWorker,
+    MaskWriter,
     RunSummary,
     VideoJob,
     VideoOutcome,
+    extract_job,
     find_videos,
     is_finished,
     list_videos,
+    open_job,
     resolve_runtime,
+    run_job,
+    run_jobs,
     run_videos,
     select_shard,
 )
-from vidprop.pipeline.davis import REFERENCE_CONTEXT_CAPS, DavisRun, davis_jobs, run_davis, score_davis
-from vidprop.pipeline.fill_cache import extract
-from vidprop.pipeline.inputs import ArrayFrameSource, as_frame_source, as_label_mask
-from vidprop.pipeline.video import PropagatedFrame, VideoPipeline, propagate_video
+from vidprop.pipeline.stream import MaskPropagation, PropagatedFrame, VideoPipeline, propagate_video
 
 __all__ = [
     "PropagatedFrame",
+    "MaskPropagation",
     "VideoPipeline",
     "propagate_video",
+    "VideoInput",
+    "open_video",
     "ArrayFrameSource",
     "as_frame_source",
     "as_label_mask",
@@ -38,7 +55,15 @@ __all__ = [
     "list_videos",
     "find_videos",
     "select_shard",
+    "resolve_runtime",
     "is_finished",
+    "open_job",
+    "run_job",
+    "extract_job",
+    "JobWorker",
+    "MaskWriter",
+    "FeatureFiller",
+    "run_jobs",
     "run_videos",
     "DavisRun",
     "REFERENCE_CONTEXT_CAPS",
@@ -46,5 +71,4 @@ __all__ = [
     "run_davis",
     "score_davis",
     "extract",
-    "resolve_runtime",
 ]

@@ -1,4 +1,9 @@
-"""A DAVIS split: every sequence into the official results layout, then the scores."""
+"""The DAVIS runner: every sequence of a split into the official results layout, then the scores.
+
+The layout is read through :class:`~vidprop.io.davis.DavisDataset`, at one resolution for the
+frames, the first masks and the ground truth; the videos run through the job runner
+(:func:`~vidprop.pipeline.jobs.run_jobs`).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vidprop.config import VidpropConfig, result_fingerprint
-from vidprop.pipeline.batch import RunSummary, VideoJob, is_finished, resolve_runtime, run_videos
-from vidprop.pipeline.video import VideoPipeline
+from vidprop.pipeline.jobs import RunSummary, VideoJob, is_finished, resolve_runtime, run_videos
+from vidprop.pipeline.stream import VideoPipeline
 
 __all__ = ["DavisRun", "REFERENCE_CONTEXT_CAPS", "davis_jobs", "run_davis", "score_davis"]
 

@@ -1,8 +1,15 @@
-"""What :func:`~vidprop.pipeline.propagate_video` accepts: paths, frame sources, arrays."""
+"""A video's inputs, opened and checked once: frames (paths, frame sources, arrays) and a first mask.
+
+:func:`open_video` is the one place where the pipeline opens and checks what it is given, before any
+compute: the frame source (:func:`as_frame_source`) and the first-frame mask against the frames'
+size (:func:`as_label_mask`). Every entry point goes through it: :class:`~vidprop.pipeline.stream.VideoPipeline`
+for arrays and paths, and :func:`~vidprop.pipeline.jobs.run_job` for each job of a batch.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -15,7 +22,42 @@ from vidprop.io.masks import LabelMask, ObjectIds, no_object_message, read_mask,
 if TYPE_CHECKING:
     from vidprop.io.config import DataConfig
 
-__all__ = ["ArrayFrameSource", "as_frame_source", "as_label_mask"]
+__all__ = ["VideoInput", "open_video", "ArrayFrameSource", "as_frame_source", "as_label_mask"]
+
+
+@dataclass(frozen=True, eq=False)
+class VideoInput:
+    """One video's opened and checked inputs.
+
+    Attributes:
+        source: the frames (:class:`~vidprop.io.frames.FrameSource`), opened (names and size known).
+        mask: the first frame's mask, of the frames' size; None when only features are wanted
+            (``vidprop extract``).
+    """
+
+    source: FrameSource
+    mask: LabelMask | None = None
+
+
+def open_video(frames_or_path: Any, first_mask: Any = None, data: DataConfig | None = None) -> VideoInput:
+    """Open and check a video's inputs (cheap: file headers and one PNG; no frame is decoded
+    for image folders).
+
+    Args:
+        frames_or_path: see :func:`as_frame_source`.
+        first_mask: see :func:`as_label_mask`; None for no mask.
+        data: the data-stage config used to open paths (video reader; None for defaults).
+
+    Raises:
+        SourceError: a missing, empty or undecodable source.
+        MaskError: a mask that cannot be read, does not match the frames' size, or has no object.
+    """
+    if isinstance(frames_or_path, VideoInput):
+        if first_mask is not None:
+            raise MaskError("the first mask was given twice (in the VideoInput and as first_mask)")
+        return frames_or_path
+    source = as_frame_source(frames_or_path, data)
+    return VideoInput(source, None if first_mask is None else as_label_mask(first_mask, source.size))
 
 
 class ArrayFrameSource:
@@ -38,18 +80,33 @@ class ArrayFrameSource:
 
     @property
     def names(self) -> list[str]:
+        """Frame names ``"00000"``, ... (known up front only for a sized collection of frames).
+
+        Raises:
+            SourceError: the frames are a stream (an iterator or generator) of unknown length.
+        """
         if self._len is None:
-            raise TypeError("frame names of a streamed iterable are known only while iterating")
+            raise SourceError("the frame names of a stream are known only while reading it (pass a list to know them up front)", self.path)
         return [f"{i:05d}" for i in range(self._len)]
 
     def __len__(self) -> int:
+        """The number of frames.
+
+        Raises:
+            SourceError: the frames are a stream (an iterator or generator) of unknown length.
+        """
         if self._len is None:
-            raise TypeError("length of a streamed iterable is unknown")
+            raise _UnknownLength("the number of frames of a stream is unknown until it ends (pass a list to know it up front)", self.path)
         return self._len
 
     def __iter__(self) -> Iterator[Frame]:
+        """The frames, in order; an iterable of arrays is read once.
+
+        Raises:
+            SourceError: a second pass, a frame that is not (H, W, 3) uint8, or of another size.
+        """
         if self._used:
-            raise RuntimeError("an ArrayFrameSource can be iterated once")
+            raise SourceError("frames given as an iterable can be read once (pass a path or a list to read them again)", self.path)
         self._used = True
         image, index = self._first, 0
         while True:
@@ -61,6 +118,11 @@ class ArrayFrameSource:
             except StopIteration:
                 return
             index += 1
+
+
+class _UnknownLength(SourceError, TypeError):
+    """len() of a stream: a SourceError, and a TypeError as Python's sizing protocol expects
+    (``list(stream)`` and ``operator.length_hint`` then treat the stream as unsized)."""
 
 
 def _check_frame_array(image: Any, index: int) -> np.ndarray:

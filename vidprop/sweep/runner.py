@@ -129,21 +129,17 @@ def _video_done(folder: Path, point: GridPoint, video: Any) -> bool:
 
 def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], clock: _Clock) -> None:
     """One pass over ``video``'s features, feeding one propagator per ``(point, folder, setting)`` of ``todo``."""
-    import torch
-
-    from vidprop.io.masks import labels_to_onehot, read_mask, write_mask
-    from vidprop.pipeline import VideoPipeline
-    from vidprop.propagation import LabelPropagator
+    from vidprop.features.base import FeatureMap
+    from vidprop.io.masks import read_mask, write_mask
+    from vidprop.pipeline import MaskPropagation, VideoPipeline
 
     source = video.source
     label_mask = read_mask(video.mask, expected_size=source.size)
-    object_ids = label_mask.object_ids
     propagators = []
     for point, folder, _ in todo:
         folder.mkdir(parents=True, exist_ok=True)
         clear_complete(folder)
-        settings = VideoPipeline(point.config)._propagation_config(video.n_last_frames)
-        propagators.append(LabelPropagator(settings))
+        propagators.append(MaskPropagation(label_mask, VideoPipeline(point.config).propagation_config(video.n_last_frames)))
     strides = shared.strides()
     points = [p for p, _, _ in todo]
     stream = shared.stream(source)
@@ -159,17 +155,8 @@ def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], 
             clock.charge(points, time.perf_counter() - start)
             for (point, folder, setting), propagator in zip(todo, propagators):
                 start = time.perf_counter()
-                features = per_setting[setting]
-                with torch.inference_mode():
-                    if frame.index == 0:
-                        grid_size = tuple(features.shape[-2:])
-                        onehot = labels_to_onehot(object_ids.to_channels(label_mask.ids), object_ids.num_channels, grid_size)
-                        propagator.reset(features, onehot.to(features.device))
-                        ids = label_mask.ids
-                    else:
-                        soft = propagator.step(features)
-                        ids = object_ids.to_ids(propagator.to_mask(soft, strides[setting], frame.size))
-                write_mask(folder / f"{frame.name}.png", ids, palette=label_mask.palette)
+                out = propagator.step(frame, FeatureMap(per_setting[setting], strides[setting]))
+                write_mask(folder / f"{frame.name}.png", out.mask, palette=label_mask.palette)
                 clock.charge([point], time.perf_counter() - start)
             del per_setting
             count += 1

@@ -1,4 +1,23 @@
-"""Many videos on disk: discovery, sharding, resume, failures, overlays."""
+"""The job runner: many videos on disk, each written to PNGs resumably; sharding and failures.
+
+A :class:`VideoJob` names one video's frames, its first mask and its output folder. Jobs come
+from discovery (:func:`find_videos` for a folder of videos, :func:`~vidprop.pipeline.davis.davis_jobs`
+for a DAVIS split), and two kinds of work run one job end to end:
+
+- :func:`run_job`: read the frames, propagate the first mask, write every mask (and an
+  overlay) and mark the folder complete; the one public function for one video on disk. It
+  reads no RANK/WORLD_SIZE, so another engine (a cluster scheduler) can call it per video;
+- :func:`extract_job`: compute (and so cache) a video's features, nothing else.
+
+:func:`run_jobs` takes this process's shard of the jobs (``runtime.num_shards``, ``shard_index``,
+or torchrun's RANK/WORLD_SIZE), skips finished ones, and hands the rest to the execution engine
+(``runtime.engine``, :mod:`vidprop.engines`: here one after another, or a Ray cluster), which
+isolates failures (``runtime.fail_fast``). The engine runs a worker per process:
+:class:`MaskWriter` (:func:`run_job`) or :class:`FeatureFiller` (:func:`extract_job`), which
+holds the pipeline (the model) across videos. :func:`run_videos` (the folder runner),
+:func:`~vidprop.pipeline.davis.run_davis` and :func:`~vidprop.pipeline.extract.extract` are built
+on :func:`run_jobs`.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +35,12 @@ from vidprop.device import distributed_env
 from vidprop.engines import Task, failed_outcome, run_tasks
 from vidprop.errors import ConfigError, MaskError, SourceError, VidpropError
 from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info, remove_stale_temporaries
-from vidprop.io.frames import FrameSource, is_image_file, is_video_file, natural_key, open_source
-from vidprop.io.masks import check_mask_file, list_mask_files, read_mask, write_mask
+from vidprop.io.config import DataConfig
+from vidprop.io.frames import is_image_file, is_video_file, natural_key
+from vidprop.io.masks import check_mask_file, list_mask_files, write_mask
 from vidprop.log import progress
-from vidprop.pipeline.video import VideoPipeline
+from vidprop.pipeline.inputs import VideoInput, open_video
+from vidprop.pipeline.stream import VideoPipeline
 
 __all__ = [
     "CONFIG_FILE",
@@ -28,11 +49,17 @@ __all__ = [
     "RunSummary",
     "list_videos",
     "find_videos",
+    "resolve_runtime",
     "select_shard",
     "is_finished",
+    "open_job",
+    "run_job",
+    "extract_job",
+    "JobWorker",
     "MaskWriter",
+    "FeatureFiller",
+    "run_jobs",
     "run_videos",
-    "resolve_runtime",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,17 +72,17 @@ class VideoJob:
     """One video of a batch.
 
     Attributes:
-        name: video name (output sub-folder, cache id, shard key).
-        source: folder of frames or video file (or an opened FrameSource).
-        mask: the first frame's mask file.
-        out_dir: where its masks go (``<out_dir>/<frame name>.png``).
+        name: video name (output sub-folder, shard key).
+        source: folder of frames or video file, or an opened FrameSource.
+        mask: the first frame's mask file (None for feature extraction).
+        out_dir: where its masks go (``<out_dir>/<frame name>.png``; None for feature extraction).
         n_last_frames: cap of the recent-frame window for this video (None = the config's).
     """
 
     name: str
     source: Any
-    mask: Path
-    out_dir: Path
+    mask: Path | None = None
+    out_dir: Path | None = None
     n_last_frames: int | None = None
 
 
@@ -237,40 +264,69 @@ def is_finished(job: VideoJob, fingerprint: str) -> bool:
     return True
 
 
-def _open(job: VideoJob, config: VidpropConfig) -> FrameSource:
-    return job.source if isinstance(job.source, FrameSource) else open_source(job.source, config.data)
+def open_job(job: VideoJob, data: DataConfig | None = None) -> VideoInput:
+    """Open and check a job's frames and first mask (once; see :func:`~vidprop.pipeline.inputs.open_video`).
+
+    Args:
+        data: the data-stage config used to open paths (video reader; None for defaults).
+
+    Raises:
+        SourceError, MaskError: bad input, naming the file.
+    """
+    return open_video(job.source, job.mask, data)
 
 
-def _preflight(job: VideoJob, config: VidpropConfig) -> int:
-    """Check a job's source and first mask (cheap: headers and one PNG) before any compute.
+def run_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:
+    """Run one video end to end: open and check its inputs, propagate, write the masks, mark it complete.
+
+    Writes ``<out_dir>/<frame>.png`` (the first mask's ids and palette) for every frame, and
+    an overlay when ``runtime.overlay``; the completion marker goes last, so an interrupted
+    video is never complete. Settings come from ``pipeline.config``. Reads no environment.
 
     Returns:
-        The video's length in frames.
+        "skipped" when the folder is complete with the same settings (unless
+        ``runtime.overwrite``), else "done".
+
+    Raises:
+        SourceError, MaskError: bad input (before anything is written).
+        VidpropError: the source ended early.
     """
-    source = _open(job, config)
-    read_mask(job.mask, expected_size=source.size)
-    return len(source)
-
-
-def _process(pipe: VideoPipeline, job: VideoJob, fingerprint: str) -> VideoOutcome:
-    """Write one video's masks (and overlay); the completion marker goes last."""
-    cfg = pipe.config
+    config = pipeline.config
+    fingerprint = result_fingerprint(config)
+    if job.out_dir is None:
+        raise VidpropError(f"{job.name}: the job has no output folder")
+    if not config.runtime.overwrite and is_finished(job, fingerprint):
+        logger.info("%s: already complete, skipping (--overwrite redoes it)", job.name)
+        return VideoOutcome(job.name, "skipped")
+    video = open_job(job, config.data)
+    if video.mask is None:
+        raise MaskError(f"no first-frame mask given for video {job.name!r}")
     job.out_dir.mkdir(parents=True, exist_ok=True)
     clear_complete(job.out_dir)
     remove_stale_temporaries(job.out_dir)  # what a killed run of this video left (the overlay cleans its own)
-    source = _open(job, cfg)
-    label_mask = read_mask(job.mask, expected_size=source.size)
-    palette = label_mask.palette
+    count, seconds = _write_masks(pipeline, job, video)
+    mark_complete(
+        job.out_dir,
+        {"frames": count, "fingerprint": fingerprint, "vidprop_version": __version__, "mask": str(job.mask)},
+    )
+    logger.info("%s: %d frames in %.1f s (%.2f frames/s)", job.name, count, seconds, count / max(seconds, 1e-9))
+    return VideoOutcome(job.name, "done", frames=count, seconds=seconds)
+
+
+def _write_masks(pipeline: VideoPipeline, job: VideoJob, video: VideoInput) -> tuple[int, float]:
+    """Write every frame's mask (and the overlay); returns (frames written, seconds)."""
+    runtime = pipeline.config.runtime
+    palette = video.mask.palette
     overlay = None
-    if cfg.runtime.overlay:
+    if runtime.overlay:
         from vidprop.overlay import OverlayWriter
 
-        overlay = OverlayWriter(job.out_dir, cfg.runtime.overlay_format, palette=palette)
+        overlay = OverlayWriter(job.out_dir, runtime.overlay_format, palette=palette)
+    total = len(video.source)
     start, count = time.perf_counter(), 0
-    frames = pipe.propagate_frames(source, label_mask, n_last_frames=job.n_last_frames)
+    frames = pipeline.propagate_frames(video, n_last_frames=job.n_last_frames)
     try:
-        bar = progress(frames, total=len(source), desc=job.name, unit="frame", leave=False)
-        for frame, out in bar:
+        for frame, out in progress(frames, total=total, desc=job.name, unit="frame", leave=False):
             write_mask(job.out_dir / f"{out.name}.png", out.mask, palette=palette)
             if overlay is not None:
                 overlay.add(frame.image, out.mask, out.name)
@@ -281,47 +337,49 @@ def _process(pipe: VideoPipeline, job: VideoJob, fingerprint: str) -> VideoOutco
         raise
     finally:
         frames.close()
-    if count != len(source):
-        raise VidpropError(f"{job.name}: wrote {count} of {len(source)} frames")
+    if count != total:
+        raise VidpropError(f"{job.name}: wrote {count} of {total} frames")
     if overlay is not None:
         overlay.close()
-    seconds = time.perf_counter() - start
-    mark_complete(
-        job.out_dir,
-        {"frames": count, "fingerprint": fingerprint, "vidprop_version": __version__, "mask": str(job.mask)},
-    )
-    logger.info("%s: %d frames in %.1f s (%.2f frames/s)", job.name, count, seconds, count / max(seconds, 1e-9))
-    return VideoOutcome(job.name, "done", frames=count, seconds=seconds)
+    return count, time.perf_counter() - start
 
 
-def _own_folders(job: VideoJob) -> tuple[Path, ...]:
-    """The folders only ``job`` writes: its masks and its PNG overlay frames."""
-    from vidprop.overlay import OverlayWriter
+def extract_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:
+    """Compute one video's features (through the feature cache, which keeps them); needs no mask.
 
-    return (job.out_dir, OverlayWriter(job.out_dir, "png").path)
+    Raises:
+        SourceError: bad input.
+    """
+    video = open_video(job.source, data=pipeline.config.data)
+    start, count = time.perf_counter(), 0
+    for _ in progress(pipeline.frames_with_features(video), total=len(video.source), desc=job.name, unit="frame", leave=False):
+        count += 1
+    return VideoOutcome(job.name, "done", frames=count, seconds=time.perf_counter() - start)
 
 
-class MaskWriter:
-    """The worker of :func:`run_videos` for every engine: ``MaskWriter(config)(job)`` runs one job.
+class JobWorker:
+    """What an engine runs in each process: ``worker(job)`` runs one job with this process's pipeline.
 
     Picklable until first used (it holds only the config), so the Ray engine ships it to its
-    actors; the :class:`VideoPipeline` (the model) is built on the first job and kept.
+    actors; the :class:`VideoPipeline` (and the model) is built on the first job and kept.
+    Subclasses name the work (:class:`MaskWriter`, :class:`FeatureFiller`).
 
     Args:
         config: the run's config.
         pipeline: an existing pipeline to use in this process (not picklable then).
     """
 
+    work: Callable[[VideoJob, VideoPipeline], VideoOutcome]
+
     def __init__(self, config: VidpropConfig, pipeline: VideoPipeline | None = None):
         self.config = config
-        self.fingerprint = result_fingerprint(config)
         self.pipeline = pipeline
 
     def __call__(self, job: VideoJob) -> VideoOutcome:
-        """Write ``job``'s masks (and overlay), then its completion marker; raises on failure."""
+        """Run ``job``; raises on failure."""
         if self.pipeline is None:
             self.pipeline = VideoPipeline(self.config)
-        return _process(self.pipeline, job, self.fingerprint)
+        return type(self).work(job, self.pipeline)
 
     def close(self) -> None:
         """Log the feature cache's hits and misses (if a cache was used)."""
@@ -330,25 +388,57 @@ class MaskWriter:
 
     def __getstate__(self) -> dict:
         if self.pipeline is not None:
-            raise TypeError("a MaskWriter holding a pipeline (a loaded model) cannot be sent to another process")
+            raise TypeError(f"a {type(self).__name__} holding a pipeline (a loaded model) cannot be sent to another process")
         return self.__dict__
 
 
-def run_videos(
+class MaskWriter(JobWorker):
+    """The worker of :func:`run_videos`: :func:`run_job` (masks written, folder marked complete)."""
+
+    work = staticmethod(run_job)
+
+
+class FeatureFiller(JobWorker):
+    """The worker of :func:`~vidprop.pipeline.extract.extract`: :func:`extract_job` (features cached)."""
+
+    work = staticmethod(extract_job)
+
+
+def _own_folders(job: VideoJob) -> tuple[Path, ...]:
+    """The folders only ``job`` writes (its masks and its PNG overlay frames), none without outputs."""
+    from vidprop.overlay import OverlayWriter
+
+    return () if job.out_dir is None else (job.out_dir, OverlayWriter(job.out_dir, "png").path)
+
+
+def run_jobs(
     jobs: Sequence[VideoJob],
     config: VidpropConfig,
+    worker: type[JobWorker] = MaskWriter,
     pipeline: VideoPipeline | None = None,
     config_dirs: Iterable[Path] = (),
+    skip: Callable[[VideoJob], bool] | None = None,
 ) -> RunSummary:
-    """Propagate every job of this process's shard to PNG files, resumably.
+    """Run this process's shard of ``jobs`` on the execution engine (``runtime.engine``).
 
-    Videos already complete (same settings) are skipped unless ``runtime.overwrite``; a failing
-    video is logged and the others go on unless ``runtime.fail_fast`` (then it is raised).
-    The effective config is written as ``config.yaml`` into each of ``config_dirs``. The videos
-    run on ``runtime.engine`` (:mod:`vidprop.engines`): here, or on a Ray cluster.
+    The effective config is written as ``config.yaml`` into each of ``config_dirs``. Jobs for
+    which ``skip(job)`` holds are reported "skipped" without being dispatched. A failing job is
+    logged and reported, and the others go on, unless ``runtime.fail_fast`` (then its error is
+    raised). Engines other than ``local`` need each video's length up front (the Ray engine runs
+    the longest first): their jobs are opened and checked here once more, so that bad input
+    fails before a worker starts.
+
+    Args:
+        worker: :class:`MaskWriter` (default) or :class:`FeatureFiller`.
+        pipeline: reuse this pipeline's feature stage (and model) when its feature settings match
+            ``config`` (see :meth:`VideoPipeline.with_config`); ``local`` engine only.
 
     Returns:
         The outcome of each job of this shard, in order.
+
+    Raises:
+        ConfigError: sharding that disagrees with torchrun's environment, or a pipeline given to
+            another engine than ``local``.
     """
     config = resolve_runtime(config)
     rt = config.runtime
@@ -359,23 +449,25 @@ def run_videos(
         dump_config(config, Path(folder) / CONFIG_FILE)
     if pipeline is not None and rt.engine != "local":
         raise ConfigError(f"a pipeline object cannot be shipped to {rt.engine} workers: call without pipeline=", key="runtime.engine")
-    fingerprint = result_fingerprint(config)
     outcomes: dict[str, VideoOutcome] = {}
-    todo = []
+    tasks = []
     for job in mine:
-        if not rt.overwrite and is_finished(job, fingerprint):
+        if skip is not None and skip(job):
             logger.info("%s: already complete, skipping (--overwrite redoes it)", job.name)
             outcomes[job.name] = VideoOutcome(job.name, "skipped")
             continue
-        try:
-            frames = _preflight(job, config)
-        except Exception as exc:  # noqa: BLE001 - reported per video, the others go on
-            if rt.fail_fast:
-                raise
-            outcomes[job.name] = failed_outcome(job.name, exc)
-            continue
-        todo.append(Task(job.name, job, frames, _own_folders(job)))
-    outcomes.update(run_tasks(todo, functools.partial(MaskWriter, pipeline=pipeline), config).outcomes)
+        frames = 0
+        if rt.engine != "local":
+            try:
+                frames = len(open_job(job, config.data).source)
+            except Exception as exc:  # noqa: BLE001 - reported per video, the others go on
+                if rt.fail_fast:
+                    raise
+                outcomes[job.name] = failed_outcome(job.name, exc)
+                continue
+        tasks.append(Task(job.name, job, frames, _own_folders(job)))
+    reused = pipeline.with_config(config) if pipeline is not None else None
+    outcomes.update(run_tasks(tasks, functools.partial(worker, pipeline=reused), config).outcomes)
     summary = RunSummary(tuple(outcomes[job.name] for job in mine))
     logger.info(
         "%d done, %d skipped (already complete), %d failed",
@@ -384,3 +476,17 @@ def run_videos(
     return summary
 
 
+def run_videos(
+    jobs: Sequence[VideoJob],
+    config: VidpropConfig,
+    pipeline: VideoPipeline | None = None,
+    config_dirs: Iterable[Path] = (),
+) -> RunSummary:
+    """Propagate every job of this process's shard to PNG files, resumably: :func:`run_jobs` of :class:`MaskWriter`.
+
+    Videos already complete (same settings) are skipped unless ``runtime.overwrite``, without
+    starting a worker; the videos run on ``runtime.engine`` (here, or on a Ray cluster).
+    """
+    fingerprint = result_fingerprint(config)
+    skip = None if config.runtime.overwrite else (lambda job: is_finished(job, fingerprint))
+    return run_jobs(jobs, config, MaskWriter, pipeline=pipeline, config_dirs=config_dirs, skip=skip)
