@@ -116,7 +116,8 @@ def register_source(kind: str, accepts: Callable[[Path], bool]):
 
 def _ensure_registered() -> None:
     # The sources register themselves on import; importing here avoids an import cycle.
-    from vidprop.io import image_folder, video  # noqa: F401
+    from vidprop.io import image_folder  # noqa: F401
+    from vidprop.io.video import source  # noqa: F401
 
 
 def open_source(path: str | Path, data: DataConfig | None = None) -> FrameSource:

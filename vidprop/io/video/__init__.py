@@ -5,21 +5,21 @@
 - :mod:`.orientation`: :class:`Orientation`, FFmpeg's display-matrix rules as rotation + mirror;
 - :mod:`.readers`: the registry of decoders behind ``data.video_backend`` (pyav, decord, opencv).
 
-Nothing here imports PyAV, decord or OpenCV until a video is opened.
+Nothing here imports PyAV, decord or OpenCV until a video is opened, and names load lazily (the
+data config imports the reader registry without numpy).
 """
 
-from vidprop.io.video.orientation import Orientation
-from vidprop.io.video.probe import VideoInfo, probe_video
-from vidprop.io.video.readers import AUTO_BACKEND, BACKEND_CHOICES, VIDEO_BACKENDS, resolve_backend
-from vidprop.io.video.source import VideoFileSource
+from vidprop.lazy import lazy_exports
 
-__all__ = [
-    "AUTO_BACKEND",
-    "BACKEND_CHOICES",
-    "Orientation",
-    "VIDEO_BACKENDS",
-    "VideoFileSource",
-    "VideoInfo",
-    "probe_video",
-    "resolve_backend",
-]
+_EXPORTS = {
+    "AUTO_BACKEND": "readers",
+    "BACKEND_CHOICES": "readers",
+    "Orientation": "orientation",
+    "VIDEO_BACKENDS": "readers",
+    "VideoFileSource": "source",
+    "VideoInfo": "probe",
+    "probe_video": "probe",
+    "resolve_backend": "readers",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,12 +15,14 @@ import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from vidprop.errors import ConfigError, SourceError
-from vidprop.io.video.probe import VideoInfo
+
+if TYPE_CHECKING:  # annotations only: DataConfig imports this registry, and configs load without numpy
+    import numpy as np
+
+    from vidprop.io.video.probe import VideoInfo
 
 __all__ = ["AUTO_BACKEND", "BACKEND_CHOICES", "VIDEO_BACKENDS", "VideoReader", "ReaderSpec", "resolve_backend"]
 
