@@ -426,3 +426,78 @@ def test_masks_that_match_no_frame_are_errors(car, davis_root):
         as_keyframes({0: mask, 3: np.zeros_like(mask)}, src.size, src.names, 10, video="car-shadow")
     with pytest.raises(MaskError, match="does not match the frame size"):
         as_keyframes({0: mask[:-1]}, src.size, src.names, 10, video="car-shadow")
+
+
+# ---------------------------------------------------------------------------------------------
+# The YouTube-VOS layout
+
+
+def make_youtube_vos(davis_root: Path, swan_enters, root: Path, meta: bool = True) -> tuple[Path, Path]:
+    """A YouTube-VOS root of 2 videos and 3 objects, one entering late, and its dense ground truth.
+
+    ``car``: car-shadow frames 0-9, object 1 (the car), given on frame 0. ``car-swan``: the
+    composite of :func:`swan_enters`, objects 1 (the car, given on frame 0) and 2 (the swan,
+    entering at frame 5; its mask holds the swan alone, as YouTube-VOS's do).
+
+    Returns:
+        (root, ground truth root ``<gt>/<video>/<frame>.png`` of every frame).
+    """
+    import shutil
+
+    frames, swan = swan_enters
+    gt_root = root.parent / (root.name + "-gt")
+    for video in ("car", "car-swan"):
+        (root / "JPEGImages" / video).mkdir(parents=True)
+        for t in range(10):
+            if video == "car":
+                shutil.copy2(davis_root / "JPEGImages" / "480p" / SEQ / f"{t:05d}.jpg", root / "JPEGImages" / video / f"{t:05d}.jpg")
+            else:
+                from PIL import Image
+
+                Image.open(frames / f"{t:05d}.png").save(root / "JPEGImages" / video / f"{t:05d}.jpg", quality=95)
+            ids = (gt(davis_root, t) > 0).astype(np.uint8)
+            if video == "car-swan" and t >= 5:
+                ids[swan[t]] = 2
+            late_entry_cases.save_png(gt_root / video / f"{t:05d}.png", ids)
+            if t == 0:
+                late_entry_cases.save_png(root / "Annotations" / video / "00000.png", ids)
+            if video == "car-swan" and t == 5:
+                late_entry_cases.save_png(root / "Annotations" / video / "00005.png", np.where(ids == 2, 2, 0))
+    if meta:
+        frames_of = [f"{t:05d}" for t in range(10)]
+        (root / "meta.json").write_text(json.dumps({"videos": {
+            "car": {"objects": {"1": {"category": "car", "frames": frames_of}}},
+            "car-swan": {"objects": {"1": {"category": "car", "frames": frames_of},
+                                     "2": {"category": "bird", "frames": frames_of[5:]}}},
+        }}))
+    return root, gt_root
+
+
+def test_youtube_vos_layout_is_read_and_checked(davis_root, swan_enters, tmp_path):
+    from vidprop.errors import SourceError
+    from vidprop.io.youtube_vos import is_youtube_vos, read_youtube_vos
+
+    root, _ = make_youtube_vos(davis_root, swan_enters, tmp_path / "ytvos")
+    assert is_youtube_vos(root) and not is_youtube_vos(davis_root)
+    videos = read_youtube_vos(root)
+    assert [v.name for v in videos] == ["car", "car-swan"]
+    assert list(videos[1].masks) == ["00000", "00005"] and videos[1].frames == root / "JPEGImages" / "car-swan"
+
+    meta = json.loads((root / "meta.json").read_text())
+    meta["videos"]["car-swan"]["objects"]["2"]["frames"] = ["00006", "00007"]
+    (root / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SourceError, match="object 2 of video 'car-swan' first appears on frame 00006, but its first mask is 00005.png"):
+        read_youtube_vos(root)
+    meta["videos"]["car-swan"]["objects"].pop("2")
+    (root / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SourceError, match=r"lists objects \[1\] for video 'car-swan', but its masks hold objects \[1, 2\]"):
+        read_youtube_vos(root)
+    (root / "meta.json").unlink()
+    assert len(read_youtube_vos(root)) == 2  # meta.json is optional
+
+    (root / "Annotations" / "car" / "00000.png").rename(root / "Annotations" / "car" / "00012.png")
+    with pytest.raises(SourceError, match=r"mask 00012.png of video 'car' matches no frame of JPEGImages/car \(10 frames: 00000"):
+        read_youtube_vos(root)
+    (root / "Annotations" / "car" / "00012.png").unlink()
+    with pytest.raises(SourceError, match=r"1 video\(s\) have no masks in Annotations/<video>/: car"):
+        read_youtube_vos(root)
