@@ -80,7 +80,15 @@ def test_propagate_folder_of_videos(davis_root, tmp_path, capsys):
     for seq in ("car-shadow", "libby"):
         copy_short_sequence(davis_root, root, seq, 4)
     out = tmp_path / "out"
-    args = ["propagate", str(root / "JPEGImages" / "480p"), "--masks", str(root / "Annotations" / "480p"), "--out", str(out), *FAST, "--short-side", "64"]
+    dense = ["propagate", str(root / "JPEGImages" / "480p"), "--masks", str(root / "Annotations" / "480p"), "--out", str(out), *FAST]
+    assert cli.main(dense) == 2  # a mask on every frame (dense ground truth) would propagate nothing
+    captured = capsys.readouterr()
+    assert "every one of the 4 frames of car-shadow has a mask" in captured.out + captured.err
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for seq in ("car-shadow", "libby"):
+        shutil.copy2(root / "Annotations" / "480p" / seq / "00000.png", masks / f"{seq}.png")
+    args = ["propagate", str(root / "JPEGImages" / "480p"), "--masks", str(masks), "--out", str(out), *FAST, "--short-side", "64"]
     assert cli.main(args) == 0
     assert all(is_complete(out / seq) and len(list((out / seq).glob("*.png"))) == 4 for seq in ("car-shadow", "libby"))
     capsys.readouterr()

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 import late_entry_cases
 from test_propagation import BACKENDS, random_features, random_onehot
-from vidprop.errors import ShapeError
+from vidprop.errors import MaskError, ShapeError
+from vidprop.features.base import FeatureMap
 from vidprop.propagation import LabelPropagator, PropagationConfig
 from vidprop.propagation.dense import DensePropagator
 from vidprop.scoring import evaluate_folders
@@ -253,7 +254,7 @@ def split_ids(mask: np.ndarray, ids=(1, 2)) -> np.ndarray:
 
 
 def lab_features(frames, short_side: int = 128):
-    """(frame, features, stride) of the lab preset's features at ``short_side`` pixels, in frame order."""
+    """(frame, feature map) of the lab preset's features at ``short_side`` pixels, in frame order."""
     from vidprop.config import load_config
     from vidprop.features.lab import LabExtractor
     from vidprop.io.resize import ResizePolicy
@@ -261,7 +262,7 @@ def lab_features(frames, short_side: int = 128):
     extractor = LabExtractor(load_config(Path(__file__).resolve().parents[1] / "configs" / "davis2017_lab.yaml").features.lab)
     policy = ResizePolicy(short_side=short_side, multiple=32)
     for frame in frames:
-        yield frame, extractor.extract(policy(frame.image)[None])[0], extractor.stride
+        yield frame, FeatureMap(extractor.extract(policy(frame.image)[None])[0], extractor.stride)
 
 
 def run(source, masks, backward=True, first_appearance=False, short_side=128, **prop) -> dict[int, np.ndarray]:
@@ -416,7 +417,7 @@ def test_masks_that_match_no_frame_are_errors(car, davis_root):
 
     src = open_source(car)
     mask = gt(davis_root, 0)
-    with pytest.raises(MaskError, match=r"frame '00012', but car-shadow has no frame of that name \(10 frames: 00000, 00001, 00002, \.\.\., 00009\)"):
+    with pytest.raises(MaskError, match=r"a mask is given for frame '00012', but car-shadow has no frame of that name \(10 frames: 00000, 00001, 00002, \.\.\., 00009\)"):
         as_keyframes({"00012": mask}, src.size, src.names, 10, video="car-shadow")
     with pytest.raises(MaskError, match="frame index 10, but car-shadow has 10 frames"):
         as_keyframes({10: mask}, src.size, src.names, 10, video="car-shadow")
@@ -426,6 +427,8 @@ def test_masks_that_match_no_frame_are_errors(car, davis_root):
         as_keyframes({0: mask, 3: np.zeros_like(mask)}, src.size, src.names, 10, video="car-shadow")
     with pytest.raises(MaskError, match="does not match the frame size"):
         as_keyframes({0: mask[:-1]}, src.size, src.names, 10, video="car-shadow")
+    with pytest.raises(MaskError, match="every one of the 10 frames of car-shadow has a mask: nothing would be propagated"):
+        as_keyframes({t: mask for t in range(10)}, src.size, src.names, 10, video="car-shadow")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,3 +504,122 @@ def test_youtube_vos_layout_is_read_and_checked(davis_root, swan_enters, tmp_pat
     (root / "Annotations" / "car" / "00012.png").unlink()
     with pytest.raises(SourceError, match=r"1 video\(s\) have no masks in Annotations/<video>/: car"):
         read_youtube_vos(root)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline: streaming API, CLI, YouTube-VOS end to end, scored
+
+LAB = str(Path(__file__).resolve().parents[1] / "configs" / "davis2017_lab.yaml")
+FAST = ["--config", LAB, "--device", "cpu", "--short-side", "128"]
+
+
+def lab_pipeline(*overrides: str):
+    from vidprop.config import load_config
+    from vidprop.pipeline import VideoPipeline
+
+    return VideoPipeline(load_config(LAB, ["data.short_side=128", "runtime.device=cpu", *overrides]))
+
+
+def test_streaming_api_accepts_keyframes(car, davis_root, tmp_path):
+    """``first_mask`` may map frame names or indices to masks; frames come out in order, from 0."""
+    from vidprop.io.masks import write_mask
+
+    mask4 = gt(davis_root, 4)
+    write_mask(tmp_path / "00004.png", mask4)
+    pipe = lab_pipeline()
+    by_name = list(pipe.propagate(car, {"00004": tmp_path / "00004.png"}))
+    assert [o.index for o in by_name] == list(range(10)) and [o.name for o in by_name] == [f"{t:05d}" for t in range(10)]
+    np.testing.assert_array_equal(by_name[4].mask, mask4)
+    assert all(o.mask.any() for o in by_name)
+    expected = run(car, {"00004": mask4})  # the same engine, driven directly (tests above)
+    by_index = list(lab_pipeline().propagate(car, {4: mask4}))
+    for t in range(10):
+        np.testing.assert_array_equal(by_name[t].mask, by_index[t].mask)
+    # arrays from a generator (one pass, no random access): the same masks
+    from vidprop.io.frames import open_source
+
+    images = (f.image for f in open_source(car))
+    streamed = list(lab_pipeline().propagate(images, {4: mask4}))
+    for t in range(10):
+        np.testing.assert_array_equal(streamed[t].mask, by_name[t].mask)
+    with pytest.raises(MaskError, match="cannot be matched by name"):
+        list(lab_pipeline().propagate((f.image for f in open_source(car)), {"00004": mask4}))
+    assert expected[4].shape == mask4.shape
+
+
+def test_cli_mask_on_a_later_frame(car, davis_root, tmp_path, capsys):
+    """``--mask FILE --mask-frame NAME`` and ``--masks DIR/<video>/<frame>.png`` (the issue's case:
+    its mask was applied to frame 0 before) put the mask on its frame and fill the frames before."""
+    from vidprop import cli
+    from vidprop.io.masks import read_label_image, write_mask
+
+    write_mask(tmp_path / "m.png", gt(davis_root, 4))
+    out = tmp_path / "one"
+    assert cli.main(["propagate", str(car), "--mask", str(tmp_path / "m.png"), "--mask-frame", "00004", "--out", str(out), *FAST]) == 0
+    written = {t: read_label_image(out / f"{t:05d}.png") for t in range(10)}
+    np.testing.assert_array_equal(written[4], gt(davis_root, 4))
+    assert all(written[t].any() for t in range(4))
+
+    videos, masks = tmp_path / "videos", tmp_path / "masks"
+    videos.mkdir()
+    (videos / SEQ).symlink_to(car, target_is_directory=True)
+    (masks / SEQ).mkdir(parents=True)
+    write_mask(masks / SEQ / "00004.png", gt(davis_root, 4))
+    assert cli.main(["propagate", str(videos), "--masks", str(masks), "--out", str(tmp_path / "many"), *FAST]) == 0
+    for t in range(10):
+        np.testing.assert_array_equal(read_label_image(tmp_path / "many" / SEQ / f"{t:05d}.png"), written[t])
+
+    empty = tmp_path / "empty"
+    args = ["propagate", str(car), "--mask", str(tmp_path / "m.png"), "--mask-frame", "00004", "--out", str(empty), *FAST]
+    assert cli.main([*args, "--set", "propagation.backward=false"]) == 0
+    assert not any(read_label_image(empty / f"{t:05d}.png").any() for t in range(4))
+    for t in range(4, 10):
+        np.testing.assert_array_equal(read_label_image(empty / f"{t:05d}.png"), written[t])
+
+
+def test_cli_mask_matching_no_frame_exits_2(car, davis_root, tmp_path, capsys, caplog):
+    """(4) A mask whose name matches no frame: exit 2, the message names the mask and the frames."""
+    from vidprop import cli
+    from vidprop.io.masks import write_mask
+
+    write_mask(tmp_path / "m.png", gt(davis_root, 0))
+    rc = cli.main(["propagate", str(car), "--mask", str(tmp_path / "m.png"), "--mask-frame", "00012", "--out", str(tmp_path / "a"), *FAST])
+    assert rc == 2
+    text = capsys.readouterr().err + caplog.text
+    assert "m.png is given for frame '00012'" in text and "(10 frames: 00000, 00001, 00002, ..., 00009)" in text
+    videos, masks = tmp_path / "videos", tmp_path / "masks"
+    videos.mkdir()
+    (videos / SEQ).symlink_to(car, target_is_directory=True)
+    write_mask(masks / SEQ / "frame4.png", gt(davis_root, 4))
+    caplog.clear()
+    rc = cli.main(["propagate", str(videos), "--masks", str(masks), "--out", str(tmp_path / "b"), *FAST])
+    assert rc == 2
+    text = capsys.readouterr().err + caplog.text
+    assert "frame4.png is given for frame 'frame4', but car-shadow has no frame of that name" in text
+    assert not list((tmp_path / "b").rglob("*.png"))  # nothing written
+
+
+def test_youtube_vos_layout_end_to_end_and_scored(davis_root, swan_enters, tmp_path, capsys):
+    """2 videos, 3 objects, one entering late: ``vidprop propagate ROOT`` writes every frame, and the
+    generic scorer scores each object from the frame after it enters."""
+    from vidprop import cli
+    from vidprop.io.masks import read_label_image
+    from vidprop.scoring import evaluate_folders
+
+    root, gt_root = make_youtube_vos(davis_root, swan_enters, tmp_path / "ytvos")
+    out = tmp_path / "out"
+    assert cli.main(["propagate", str(root), "--out", str(out), *FAST[:-1], "256"]) == 0
+    for video in ("car", "car-swan"):
+        assert sorted(p.stem for p in (out / video).glob("*.png")) == [f"{t:05d}" for t in range(10)]
+    swan = read_label_image(out / "car-swan" / "00005.png")
+    given = read_label_image(root / "Annotations" / "car-swan" / "00005.png")
+    assert ((swan == 2) == (given == 2)).all() and (swan == 1).sum() > 1000  # the car propagated there
+    assert not any((read_label_image(out / "car-swan" / f"{t:05d}.png") == 2).any() for t in range(5))
+    scores = evaluate_folders(gt_root, out, processes=1)
+    objects = {o.name: o for o in scores.objects}
+    assert sorted(objects) == ["car-swan_1", "car-swan_2", "car_1"]
+    assert objects["car-swan_2"].frames == ("00006", "00007", "00008")
+    assert objects["car_1"].frames[0] == "00001"
+    assert scores.j_and_f_mean > 0.6 and objects["car-swan_2"].j_mean > 0.5
+    assert cli.main(["evaluate", "--gt", str(gt_root), "--pred", str(out)]) == 0
+    assert "car-swan_2" in capsys.readouterr().out

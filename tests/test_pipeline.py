@@ -156,11 +156,13 @@ def test_find_videos_conventions(videos, tmp_path, seq_dir):
     src, masks = videos
     jobs = find_videos(src, tmp_path / "out", masks_dir=masks)
     assert [j.name for j in jobs] == ["blackswan", "car-shadow", "dog"]
-    assert {j.name: j.mask.relative_to(masks).as_posix() for j in jobs} == {
-        "blackswan": "blackswan/00000.png",
-        "car-shadow": "car-shadow.png",
-        "dog": "dog.png",
+    assert {j.name: [Path(f).relative_to(masks).as_posix() for f in j.mask_files] for j in jobs} == {
+        "blackswan": ["blackswan/00000.png"],
+        "car-shadow": ["car-shadow.png"],
+        "dog": ["dog.png"],
     }
+    assert jobs[0].keyframes == (("00000", masks / "blackswan" / "00000.png"),) and jobs[0].mask is None  # by frame name
+    assert jobs[1].mask == masks / "car-shadow.png" and not jobs[1].keyframes  # the first frame's
     assert all(j.out_dir == tmp_path / "out" / j.name for j in jobs)
     single = find_videos(frames_of(seq_dir), tmp_path / "one", mask=first_mask_of(seq_dir))
     assert [(j.name, j.out_dir) for j in single] == [("car-shadow", tmp_path / "one")]

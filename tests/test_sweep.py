@@ -258,9 +258,13 @@ def test_generic_mode_equals_propagate_then_evaluate(davis_root, tmp_path, capsy
                      "--grid", "propagation.topk=3,10"]) == 0
     rows = _csv_rows(out / "sweep.csv")
     capsys.readouterr()
+    firsts = tmp_path / "first-masks"  # <video>.png: the first frame's mask (a <video>/ folder would give every frame)
+    firsts.mkdir()
+    for name in SEQUENCES[:2]:
+        shutil.copy2(gt / name / "00000.png", firsts / f"{name}.png")
     for row in rows:
         pred = tmp_path / f"pred-{row['propagation.topk']}"
-        assert cli.main(["propagate", str(src), "--masks", str(gt), "--config", LAB, *SMALL,
+        assert cli.main(["propagate", str(src), "--masks", str(firsts), "--config", LAB, *SMALL,
                          "--topk", row["propagation.topk"], "--out", str(pred)]) == 0
         assert cli.main(["evaluate", "--gt", str(gt), "--pred", str(pred), "--out", str(tmp_path / f"eval-{row['propagation.topk']}")]) == 0
         table = capsys.readouterr().out

@@ -42,7 +42,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     generic.add_argument(
         "--ignore-void", action="store_true", help="leave ground-truth void (255) pixels out of J and F (default: background)"
     )
-    generic.add_argument("--score-first-last", action="store_true", help="also score the first and the last frame")
+    generic.add_argument(
+        "--score-first-last", action="store_true",
+        help="also score the first and the last frame, and the frame where each object first appears (its given frame)",
+    )
     generic.add_argument(
         "--binary",
         action="store_true",

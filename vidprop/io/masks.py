@@ -77,7 +77,7 @@ def check_mask_file(path: str | Path) -> Path:
     """``path`` as a Path if it is a file; else a :class:`MaskError` saying what it is instead.
 
     A folder gets a message that says so and what to give instead: one of its PNGs as the
-    first-frame mask of one video, or the folder as ``--masks`` for a folder of videos.
+    mask of one video, or the folder as ``--masks``.
     """
     path = Path(path)
     if path.is_file():
@@ -86,9 +86,9 @@ def check_mask_file(path: str | Path) -> Path:
         pngs = list_mask_files(path)
         example = f", e.g. --mask {pngs[0]}" if pngs else ""
         raise MaskError(
-            "is a folder, not a mask file: --mask takes the first frame's mask, one PNG file"
-            f"{example}; masks of many videos (DIR/<video>.png or DIR/<video>/<first frame>.png) "
-            "go with --masks DIR and a SOURCE folder of videos",
+            "is a folder, not a mask file: --mask takes one PNG file, the mask of the first frame (or of "
+            f"--mask-frame NAME){example}; masks of many videos (DIR/<video>.png, or DIR/<video>/<frame>.png "
+            "named like the frames) go with --masks DIR",
             path,
         )
     raise MaskError("mask file does not exist", path)

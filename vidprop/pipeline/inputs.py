@@ -1,8 +1,9 @@
-"""A video's inputs, opened and checked once: frames (paths, frame sources, arrays) and a first mask.
+"""A video's inputs, opened and checked once: frames (paths, frame sources, arrays) and its masks.
 
 :func:`open_video` is the one place where the pipeline opens and checks what it is given, before any
-compute: the frame source (:func:`as_frame_source`) and the first-frame mask against the frames'
-size (:func:`as_label_mask`). Every entry point goes through it: :class:`~vidprop.pipeline.stream.VideoPipeline`
+compute: the frame source (:func:`as_frame_source`) and the masks, matched to their frames and
+checked against the frames' size (:func:`~vidprop.pipeline.keyframes.as_keyframes`,
+:func:`as_label_mask`). Every entry point goes through it: :class:`~vidprop.pipeline.stream.VideoPipeline`
 for arrays and paths, and :func:`~vidprop.pipeline.jobs.run_job` for each job of a batch.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 from vidprop.errors import MaskError, SourceError
 from vidprop.io.frames import Frame, FrameSource, open_source
 from vidprop.io.masks import LabelMask, ObjectIds, no_object_message, read_mask, warn_suspicious_objects
+from vidprop.pipeline.keyframes import Keyframes, as_keyframes
 
 if TYPE_CHECKING:
     from vidprop.io.config import DataConfig
@@ -31,33 +33,64 @@ class VideoInput:
 
     Attributes:
         source: the frames (:class:`~vidprop.io.frames.FrameSource`), opened (names and size known).
-        mask: the first frame's mask, of the frames' size; None when only features are wanted
-            (``vidprop extract``).
+        keyframes: its masks, matched to their frames and checked; None when only features are
+            wanted (``vidprop extract``).
     """
 
     source: FrameSource
-    mask: LabelMask | None = None
+    keyframes: Keyframes | None = None
+
+    @property
+    def mask(self) -> LabelMask | None:
+        """The earliest given mask (its palette is the outputs'), or None."""
+        return None if self.keyframes is None else self.keyframes.first.mask
 
 
-def open_video(frames_or_path: Any, first_mask: Any = None, data: DataConfig | None = None) -> VideoInput:
-    """Open and check a video's inputs (cheap: file headers and one PNG; no frame is decoded
-    for image folders).
+def _known(value):
+    """``value()``, or None where a stream does not know it up front."""
+    try:
+        return value()
+    except (SourceError, TypeError):
+        return None
+
+
+def open_video(
+    frames_or_path: Any,
+    first_mask: Any = None,
+    data: DataConfig | None = None,
+    *,
+    first_appearance: bool = False,
+    name: str | None = None,
+) -> VideoInput:
+    """Open and check a video's inputs (cheap: file headers and the mask PNGs; no frame is
+    decoded for image folders).
 
     Args:
         frames_or_path: see :func:`as_frame_source`.
-        first_mask: see :func:`as_label_mask`; None for no mask.
+        first_mask: one mask for the first frame (see :func:`as_label_mask`), or keyframes: a
+            mapping from frame index (int) or frame name (str) to a mask; None for no mask.
         data: the data-stage config used to open paths (video reader; None for defaults).
+        first_appearance: later masks give only the objects they show (the YouTube-VOS
+            layout), instead of replacing every label of their frame.
+        name: the video's name for messages (default: the source's path).
 
     Raises:
         SourceError: a missing, empty or undecodable source.
-        MaskError: a mask that cannot be read, does not match the frames' size, or has no object.
+        MaskError: a mask that cannot be read, does not match the frames' size, has no object,
+            or is keyed by a frame name or index the video does not have.
     """
     if isinstance(frames_or_path, VideoInput):
         if first_mask is not None:
             raise MaskError("the first mask was given twice (in the VideoInput and as first_mask)")
         return frames_or_path
     source = as_frame_source(frames_or_path, data)
-    return VideoInput(source, None if first_mask is None else as_label_mask(first_mask, source.size))
+    if first_mask is None:
+        return VideoInput(source)
+    keyframes = as_keyframes(
+        first_mask, source.size, _known(lambda: source.names), _known(lambda: len(source)),
+        first_appearance=first_appearance, video=name or str(getattr(source, "path", "the video")),
+    )
+    return VideoInput(source, keyframes)
 
 
 class ArrayFrameSource:

@@ -1,10 +1,11 @@
 """The job runner: many videos on disk, each written to PNGs resumably; sharding and failures.
 
-A :class:`VideoJob` names one video's frames, its first mask and its output folder. Jobs come
-from discovery (:func:`find_videos` for a folder of videos, :func:`~vidprop.pipeline.davis.davis_jobs`
-for a DAVIS split), and two kinds of work run one job end to end:
+A :class:`VideoJob` names one video's frames, its masks and its output folder. Jobs come
+from discovery (:func:`find_videos` for a folder of videos or a YouTube-VOS root,
+:func:`~vidprop.pipeline.davis.davis_jobs` for a DAVIS split), and two kinds of work run one job
+end to end:
 
-- :func:`run_job`: read the frames, propagate the first mask, write every mask (and an
+- :func:`run_job`: read the frames, propagate the masks, write every mask (and an
   overlay) and mark the folder complete; the one public function for one video on disk. It
   reads no RANK/WORLD_SIZE, so another engine (a cluster scheduler) can call it per video;
 - :func:`extract_job`: compute (and so cache) a video's features, nothing else.
@@ -38,6 +39,7 @@ from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info,
 from vidprop.io.config import DataConfig
 from vidprop.io.frames import is_image_file, is_video_file, natural_key
 from vidprop.io.masks import check_mask_file, list_mask_files, write_mask
+from vidprop.io.youtube_vos import is_youtube_vos, read_youtube_vos
 from vidprop.log import progress
 from vidprop.pipeline.inputs import VideoInput, open_video
 from vidprop.pipeline.stream import VideoPipeline
@@ -74,9 +76,14 @@ class VideoJob:
     Attributes:
         name: video name (output sub-folder, shard key).
         source: folder of frames or video file, or an opened FrameSource.
-        mask: the first frame's mask file (None for feature extraction).
+        mask: the first frame's mask file (None for feature extraction, or when ``keyframes``
+            gives the masks).
         out_dir: where its masks go (``<out_dir>/<frame name>.png``; None for feature extraction).
         n_last_frames: cap of the recent-frame window for this video (None = the config's).
+        keyframes: masks of any frames, ``((frame name, file), ...)`` (see
+            :mod:`vidprop.pipeline.keyframes`); empty when ``mask`` gives the first frame's.
+        first_appearance: the keyframes give only the objects that start on their frame
+            (the YouTube-VOS layout), instead of every label of their frame.
     """
 
     name: str
@@ -84,6 +91,18 @@ class VideoJob:
     mask: Path | None = None
     out_dir: Path | None = None
     n_last_frames: int | None = None
+    keyframes: tuple[tuple[str, Path], ...] = ()
+    first_appearance: bool = False
+
+    @property
+    def masks(self) -> Any:
+        """What :func:`~vidprop.pipeline.inputs.open_video` takes: ``mask``, or the keyframes by frame name."""
+        return dict(self.keyframes) if self.keyframes else self.mask
+
+    @property
+    def mask_files(self) -> list[str]:
+        """Every mask file of the job."""
+        return [str(p) for _, p in self.keyframes] if self.keyframes else ([] if self.mask is None else [str(self.mask)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,17 +153,32 @@ def _video_name(path: Path) -> str:
     return path.stem if path.is_file() else path.name
 
 
-def _first_mask_in(masks_dir: Path, name: str) -> Path:
-    """``<masks>/<name>.png``, else the first PNG (natural order) of ``<masks>/<name>/``."""
-    flat = masks_dir / f"{name}.png"
+def _masks_in(masks_dir: Path, name: str) -> dict[str, Any]:
+    """Video ``name``'s masks in ``masks_dir``: ``<name>.png`` is its first frame's mask; the PNGs
+    of ``<name>/`` are masks of the frames of the same names (keyframes).
+
+    Returns:
+        ``VideoJob`` fields: ``{"mask": path}`` or ``{"keyframes": ((frame name, path), ...)}``.
+
+    Raises:
+        MaskError: neither exists, or both do (which one is meant cannot be told).
+    """
+    flat, folder = masks_dir / f"{name}.png", masks_dir / name
+    pngs = list_mask_files(folder) if folder.is_dir() else []
+    if flat.is_file() and pngs:
+        raise MaskError(
+            f"video {name!r} has both {flat.name} (its first frame's mask) and masks in {name}/ (masks named by "
+            "frame): keep one of them",
+            masks_dir,
+        )
     if flat.is_file():
-        return flat
-    folder = masks_dir / name
-    if folder.is_dir():
-        pngs = list_mask_files(folder)
-        if pngs:
-            return pngs[0]
-    raise MaskError(f"no first-frame mask for video {name!r} (expected {flat} or {folder}/<first frame>.png)", masks_dir)
+        return {"mask": flat}
+    if pngs:
+        return {"keyframes": tuple((p.stem, p) for p in pngs)}
+    raise MaskError(
+        f"no mask for video {name!r} (expected {flat} for its first frame, or {folder}/<frame>.png named like its frames)",
+        masks_dir,
+    )
 
 
 def list_videos(source: str | os.PathLike) -> tuple[bool, list[tuple[str, Path]]]:
@@ -179,39 +213,66 @@ def find_videos(
     out_dir: str | os.PathLike,
     mask: str | os.PathLike | None = None,
     masks_dir: str | os.PathLike | None = None,
+    mask_frame: str | None = None,
 ) -> list[VideoJob]:
-    """The videos of ``source`` (see :func:`list_videos`) with their first masks and output folders.
+    """The videos of ``source`` (see :func:`list_videos`) with their masks and output folders.
 
     Conventions:
-        - one video: its first mask is ``mask`` (or found in ``masks_dir`` as below) and its
-          outputs go to ``out_dir`` itself.
-        - a folder of videos: video ``<name>`` takes its mask from ``masks_dir/<name>.png`` or
-          the first PNG of ``masks_dir/<name>/`` (e.g. a DAVIS ``Annotations/480p`` folder), and
-          writes to ``out_dir/<name>/``.
+        - one video: its mask is ``mask``, the mask of frame ``mask_frame`` (default: the first
+          frame), or found in ``masks_dir`` as below; its outputs go to ``out_dir`` itself.
+        - a folder of videos: video ``<name>`` takes its masks from ``masks_dir``: either
+          ``<name>.png``, its first frame's mask, or the PNGs of ``<name>/``, each the mask of the
+          frame of the same name (keyframes: any frames, several per video); it writes to
+          ``out_dir/<name>/``.
+        - a YouTube-VOS root (``JPEGImages/``, ``Annotations/``, optional ``meta.json``; see
+          :mod:`vidprop.io.youtube_vos`): its own sparse first-appearance masks, no ``mask`` or
+          ``masks_dir``; video ``<name>`` writes to ``out_dir/<name>/``.
 
     Raises:
-        SourceError: see :func:`list_videos`.
-        MaskError: a missing mask argument or file.
+        SourceError: see :func:`list_videos` and :func:`~vidprop.io.youtube_vos.read_youtube_vos`.
+        MaskError: a missing mask argument or file, or arguments that do not go together.
     """
     out_dir = Path(out_dir)
+    if mask_frame is not None and mask is None:
+        raise MaskError("--mask-frame names the frame of the --mask FILE; give --mask too")
+    if is_youtube_vos(source):
+        if mask is not None or masks_dir is not None:
+            raise MaskError(
+                "SOURCE is a YouTube-VOS root: its masks are Annotations/<video>/*.png (objects on the frame where "
+                "they first appear); give no --mask or --masks",
+                source,
+            )
+        videos = read_youtube_vos(source)
+        logger.info("YouTube-VOS layout: %d videos, %d masks", len(videos), sum(len(v.masks) for v in videos))
+        return [
+            VideoJob(name=v.name, source=v.frames, keyframes=tuple(v.masks.items()), out_dir=out_dir / v.name,
+                     first_appearance=True)
+            for v in videos
+        ]
     batch, videos = list_videos(source)
     if not batch:
         name, path = videos[0]
-        if mask is None:
-            if masks_dir is None:
-                raise MaskError("give the first frame's mask with --mask FILE", path)
-            mask = _first_mask_in(Path(masks_dir), name)
-        return [VideoJob(name=name, source=path, mask=check_mask_file(mask), out_dir=out_dir)]
-    if masks_dir is None:
+        if mask is not None:
+            mask = check_mask_file(mask)
+            if mask_frame is not None:
+                return [VideoJob(name=name, source=path, keyframes=((mask_frame, mask),), out_dir=out_dir)]
+            return [VideoJob(name=name, source=path, mask=mask, out_dir=out_dir)]
+        if masks_dir is None:
+            raise MaskError("give the video's mask with --mask FILE (and --mask-frame NAME unless it is the first frame's)", path)
+        return [VideoJob(name=name, source=path, out_dir=out_dir, **_masks_in(Path(masks_dir), name))]
+    if mask is not None:
         raise MaskError(
-            f"this folder holds {len(videos)} videos: give their first-frame masks with --masks DIR "
-            "(holding <video>.png or <video>/<first frame>.png)",
+            f"this folder holds {len(videos)} videos: --mask gives one video's mask; give the masks of all with "
+            "--masks DIR (holding <video>.png or <video>/<frame>.png)",
             source,
         )
-    return [
-        VideoJob(name=name, source=path, mask=_first_mask_in(Path(masks_dir), name), out_dir=out_dir / name)
-        for name, path in videos
-    ]
+    if masks_dir is None:
+        raise MaskError(
+            f"this folder holds {len(videos)} videos: give their masks with --masks DIR "
+            "(holding <video>.png or <video>/<frame>.png)",
+            source,
+        )
+    return [VideoJob(name=name, source=path, out_dir=out_dir / name, **_masks_in(Path(masks_dir), name)) for name, path in videos]
 
 
 def resolve_runtime(cfg: VidpropConfig) -> VidpropConfig:
@@ -265,7 +326,7 @@ def is_finished(job: VideoJob, fingerprint: str) -> bool:
 
 
 def open_job(job: VideoJob, data: DataConfig | None = None) -> VideoInput:
-    """Open and check a job's frames and first mask (once; see :func:`~vidprop.pipeline.inputs.open_video`).
+    """Open and check a job's frames and masks (once; see :func:`~vidprop.pipeline.inputs.open_video`).
 
     Args:
         data: the data-stage config used to open paths (video reader; None for defaults).
@@ -273,13 +334,13 @@ def open_job(job: VideoJob, data: DataConfig | None = None) -> VideoInput:
     Raises:
         SourceError, MaskError: bad input, naming the file.
     """
-    return open_video(job.source, job.mask, data)
+    return open_video(job.source, job.masks, data, first_appearance=job.first_appearance, name=job.name)
 
 
 def run_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:
     """Run one video end to end: open and check its inputs, propagate, write the masks, mark it complete.
 
-    Writes ``<out_dir>/<frame>.png`` (the first mask's ids and palette) for every frame, and
+    Writes ``<out_dir>/<frame>.png`` (the masks' ids, the first mask's palette) for every frame, and
     an overlay when ``runtime.overlay``; the completion marker goes last, so an interrupted
     video is never complete. Settings come from ``pipeline.config``. Reads no environment.
 
@@ -299,15 +360,15 @@ def run_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:
         logger.info("%s: already complete, skipping (--overwrite redoes it)", job.name)
         return VideoOutcome(job.name, "skipped")
     video = open_job(job, config.data)
-    if video.mask is None:
-        raise MaskError(f"no first-frame mask given for video {job.name!r}")
+    if video.keyframes is None:
+        raise MaskError(f"no mask given for video {job.name!r}")
     job.out_dir.mkdir(parents=True, exist_ok=True)
     clear_complete(job.out_dir)
     remove_stale_temporaries(job.out_dir)  # what a killed run of this video left (the overlay cleans its own)
     count, seconds = _write_masks(pipeline, job, video)
     mark_complete(
         job.out_dir,
-        {"frames": count, "fingerprint": fingerprint, "vidprop_version": __version__, "mask": str(job.mask)},
+        {"frames": count, "fingerprint": fingerprint, "vidprop_version": __version__, "masks": job.mask_files},
     )
     logger.info("%s: %d frames in %.1f s (%.2f frames/s)", job.name, count, seconds, count / max(seconds, 1e-9))
     return VideoOutcome(job.name, "done", frames=count, seconds=seconds)

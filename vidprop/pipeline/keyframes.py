@@ -34,13 +34,15 @@ import os
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from vidprop.errors import MaskError, SourceError
+from vidprop.features.base import FeatureMap
 from vidprop.io.frames import Frame
 from vidprop.io.masks import VOID_ID, LabelMask, ObjectIds, labels_to_onehot
 
@@ -105,23 +107,24 @@ class Keyframes:
         return cached
 
 
-def _key_index(key: Any, names: Sequence[str] | None, count: int | None, video: str) -> tuple[int, str]:
+def _key_index(key: Any, value: Any, names: Sequence[str] | None, count: int | None, video: str) -> tuple[int, str]:
     """(frame index, frame name) of a mapping key: a frame index (int) or a frame name (str)."""
+    what = f"mask {_mask_label(value)}" if isinstance(value, (str, os.PathLike)) else "a mask"
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         index = int(key)
         if index < 0 or (count is not None and index >= count):
-            raise MaskError(f"a mask is given for frame index {index}, but {video} has {count} frames (0..{count - 1})"
-                            if count is not None else f"a mask is given for frame index {index} (indices start at 0)")
+            raise MaskError(f"{what} is given for frame index {index}, but {video} has {count} frames (0..{count - 1})"
+                            if count is not None else f"{what} is given for frame index {index} (indices start at 0)")
         return index, names[index] if names is not None else f"{index:05d}"
     if isinstance(key, str):
         if names is None:
-            raise MaskError(f"the mask for frame {key!r} cannot be matched by name: the frame names of {video} are "
+            raise MaskError(f"{what} for frame {key!r} cannot be matched by name: the frame names of {video} are "
                             "known only while reading it (a stream of arrays); key the masks by frame index")
         try:
             return names.index(key), key
         except ValueError:
             shown = ", ".join(names[:3]) + (f", ..., {names[-1]}" if len(names) > 3 else "")
-            raise MaskError(f"a mask is given for frame {key!r}, but {video} has no frame of that name "
+            raise MaskError(f"{what} is given for frame {key!r}, but {video} has no frame of that name "
                             f"({len(names)} frames: {shown}); a mask belongs to the frame of the same name") from None
     raise MaskError(f"masks must be keyed by frame index (int) or frame name (str), got {type(key).__name__} {key!r}")
 
@@ -160,7 +163,8 @@ def as_keyframes(
     Raises:
         MaskError: a key matching no frame (the message names the key and the frames), a mask
             that cannot be read, of another size or without object, two masks for one frame,
-            no mask at all.
+            no mask at all, or a mask for every frame of a video of several frames (a dense
+            ground-truth folder given as masks: nothing would be propagated).
     """
     if read is None:
         from vidprop.pipeline.inputs import as_label_mask as read
@@ -170,10 +174,19 @@ def as_keyframes(
         raise MaskError(f"no mask given for {video}")
     located: dict[int, tuple[str, Any]] = {}
     for key, value in masks.items():
-        index, name = _key_index(key, names, count, video)
+        index, name = _key_index(key, value, names, count, video)
         if index in located:
             raise MaskError(f"two masks for frame {name} of {video}: {_mask_label(located[index][1])} and {_mask_label(value)}")
         located[index] = (name, value)
+    if count is not None and count > 1 and len(located) == count:
+        first = located[0][1]
+        where = f" ({Path(first).parent})" if isinstance(first, (str, os.PathLike)) else ""
+        raise MaskError(
+            f"every one of the {count} frames of {video} has a mask{where}: nothing would be propagated. A dense "
+            "ground-truth folder (e.g. DAVIS's Annotations/480p/<video>/) is not a set of masks to start from: give "
+            "the first frame's mask alone (<video>.png in --masks, or --mask), or only the frames to start from "
+            "(vidprop davis takes the first frame's from a DAVIS root)"
+        )
     frames: list[Keyframe] = []
     known: list[int] = []
     for index in sorted(located):
@@ -245,12 +258,11 @@ class KeyframePropagation:
         return prop, channels
 
     @torch.inference_mode()
-    def backward(self, frames: Iterable[tuple[Frame, Tensor, int]]) -> Iterator[tuple[Frame, np.ndarray]]:
+    def backward(self, frames: Iterable[tuple[Frame, FeatureMap]]) -> Iterator[tuple[Frame, np.ndarray]]:
         """Fill the frames before the first keyframe by propagating backwards from it.
 
         Args:
-            frames: ``(frame, (C, h, w) features, stride)`` of frames ``start, start - 1, ..., 0``,
-                in this order.
+            frames: ``(frame, feature map)`` of frames ``start, start - 1, ..., 0``, in this order.
 
         Yields:
             ``(frame, (H, W) uint8 ids)`` of frames ``start - 1, ..., 0``, in this order.
@@ -261,31 +273,31 @@ class KeyframePropagation:
         first = self.keyframes.first
         expected = self.start
         prop = None
-        for frame, features, stride in frames:
+        for frame, fmap in frames:
             if frame.index != expected:
                 raise SourceError(f"backward pass: got frame {frame.index} ({frame.name}), expected frame {expected}")
             expected -= 1
             if prop is None:
-                prop, _ = self._propagator(features, first)
+                prop, _ = self._propagator(fmap.features, first)
                 continue
-            soft = prop.step(features)
-            yield frame, self.keyframes.object_ids.to_ids(prop.to_mask(soft, stride, frame.size))
+            soft = prop.step(fmap.features)
+            yield frame, self.keyframes.object_ids.to_ids(prop.to_mask(soft, fmap.stride, frame.size))
         if expected != -1:
             raise SourceError(f"backward pass ended at frame {expected + 1}, before frame 0")
 
     @torch.inference_mode()
-    def step(self, frame: Frame, features: Tensor, stride: int) -> np.ndarray:
+    def step(self, frame: Frame, fmap: FeatureMap) -> np.ndarray:
         """The mask of ``frame`` (from the first keyframe's frame on, in order): a keyframe's own
         mask (merged with the propagated labels in first-appearance mode), else propagated.
 
         Args:
             frame: the frame (index, name and size are used).
-            features: its (C, h, w) features.
-            stride: pixels per feature cell.
+            fmap: its feature map.
 
         Returns:
             (H, W) uint8 ids.
         """
+        features, stride = fmap.features, fmap.stride
         keyframe = self.keyframes.at(frame.index)
         if self._forward is None:
             if keyframe is not self.keyframes.first:
@@ -330,7 +342,7 @@ class KeyframePropagation:
         return out
 
 
-FeatureFn = Any  # Callable[[Iterable[Frame]], Iterator[tuple[Frame, Tensor, int]]]
+FeatureFn = Callable[[Iterable[Frame]], Iterator[tuple[Frame, FeatureMap]]]
 
 
 def _length(source: Any) -> int | None:
@@ -352,8 +364,8 @@ def propagate_keyframes(propagation: KeyframePropagation, source: Any, features:
         propagation: the video's keyframes and propagation setting.
         source: the frames (a :class:`~vidprop.io.frames.FrameSource` or any iterable of frames;
             iterated once, from the start).
-        features: turns an iterable of frames into ``(frame, (C, h, w) features, stride)`` in the
-            same order (decoding ahead and batching as it likes).
+        features: turns an iterable of frames into ``(frame, feature map)`` in the same order
+            (decoding ahead and batching as it likes).
 
     Yields:
         ``(frame, (H, W) uint8 ids)`` for every frame, by increasing index.
@@ -396,8 +408,8 @@ def propagate_keyframes(propagation: KeyframePropagation, source: Any, features:
             ids = np.frombuffer(zlib.decompress(packed), np.uint8).reshape(frame.size).copy()
         yield frame, ids
         done += 1
-    for frame, feats, stride in features(rest):
-        yield frame, propagation.step(frame, feats, stride)
+    for frame, fmap in features(rest):
+        yield frame, propagation.step(frame, fmap)
         done += 1
     if done <= last.index:
         raise MaskError(f"a mask is given for frame {last.index}, but the video has {done} frames (0..{done - 1})")

@@ -2,27 +2,28 @@
 
 Per frame: :class:`~vidprop.io.resize.ResizePolicy` (on the prefetch thread) ->
 :class:`~vidprop.features.stage.FeatureStage` (batched, through the feature cache) ->
-:class:`~vidprop.features.base.FeatureMap`. :class:`MaskPropagation` carries a first mask
-through those feature maps: the first frame's mask -> channel map
-(:class:`~vidprop.io.masks.ObjectIds`) -> one-hot (K, h, w) at the feature grid (nearest, as
-DIFT's ``read_seg``) -> ``LabelPropagator.reset``; later frames: ``step`` -> ``to_mask``
-(upsampling by the stride, argmax, nearest resize to (H, W)) -> original object ids. The first
-frame's own mask is output frame 0, as DIFT's ``eval_davis.py`` writes it.
+:class:`~vidprop.features.base.FeatureMap`. A video's masks (keyframes, see
+:mod:`vidprop.pipeline.keyframes`) are carried through those feature maps: the first given
+mask -> channel map (:class:`~vidprop.io.masks.ObjectIds`) -> one-hot (K, h, w) at the feature
+grid (nearest, as DIFT's ``read_seg``) -> ``LabelPropagator.reset``; later frames: ``step`` ->
+``to_mask`` (upsampling by the stride, argmax, nearest resize to (H, W)) -> original object ids;
+later masks enter the context as keyframes. A given mask is its frame's output, as DIFT's
+``eval_davis.py`` writes the first one. Frames before the first given mask are filled by a
+backward pass first (``propagation.backward``), then every frame is yielded in order.
 
 One pass over a video's features can feed several :class:`MaskPropagation` s (e.g. one per
-propagation setting of a sweep): iterate :meth:`VideoPipeline.frames_with_features` once and
-call each one's :meth:`MaskPropagation.step`. Files are the job runner's business
-(:mod:`vidprop.pipeline.jobs`); nothing here writes any.
+propagation setting of a sweep) when the first mask is on frame 0: iterate
+:meth:`VideoPipeline.frames_with_features` once and call each one's :meth:`MaskPropagation.step`.
+Files are the job runner's business (:mod:`vidprop.pipeline.jobs`); nothing here writes any.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
-import torch
 
 from vidprop.config import VidpropConfig
 from vidprop.device import resolve_device
@@ -30,9 +31,10 @@ from vidprop.errors import MaskError
 from vidprop.features.base import FeatureMap
 from vidprop.features.stage import FeatureStage
 from vidprop.io.frames import Frame
-from vidprop.io.masks import LabelMask, labels_to_onehot
+from vidprop.io.masks import LabelMask
 from vidprop.io.prefetch import prefetch
 from vidprop.pipeline.inputs import VideoInput, open_video
+from vidprop.pipeline.keyframes import KeyframePropagation, Keyframes, as_keyframes, propagate_keyframes
 from vidprop.propagation.config import PropagationConfig
 
 __all__ = ["PropagatedFrame", "MaskPropagation", "VideoPipeline", "propagate_video"]
@@ -46,7 +48,7 @@ class PropagatedFrame:
 
     Attributes:
         name: the input frame's name (file stem, or zero-padded index for video files).
-        index: 0-based frame index; 0 is the given first mask itself.
+        index: 0-based frame index.
         mask: (H, W) uint8 array of the original object ids (0 = background) at the input size.
     """
 
@@ -56,38 +58,43 @@ class PropagatedFrame:
 
 
 class MaskPropagation:
-    """One first-frame mask carried through one video's feature maps with one propagation setting.
+    """A video's masks carried through its feature maps in one forward pass, with one propagation setting.
 
     Args:
-        mask: the first frame's mask (checked, of the frames' size).
+        masks: the first frame's mask (checked, of the frames' size), or the video's keyframes.
         config: the propagation setting.
 
-    Feed it every frame of the video in order, starting with frame 0.
+    Feed it every frame of the video in order, starting with frame 0. Frames before the first
+    keyframe are empty (background) with ``backward: false``; with backward filling they need
+    the backward pass of :meth:`VideoPipeline.propagate_frames`, so feeding them here is an error.
     """
 
-    def __init__(self, mask: LabelMask, config: PropagationConfig):
-        from vidprop.propagation import LabelPropagator
-
-        self.mask = mask
-        self.propagator = LabelPropagator(config)
+    def __init__(self, masks: LabelMask | Keyframes, config: PropagationConfig):
+        if isinstance(masks, LabelMask):
+            masks = as_keyframes(masks, masks.size)
+        self.keyframes = masks
+        self.propagation = KeyframePropagation(masks, config)
 
     def step(self, frame: Frame, fmap: FeatureMap) -> PropagatedFrame:
-        """The mask of ``frame`` (frame 0: the first mask itself, and the propagation starts there).
+        """The mask of ``frame``: a given mask itself (propagation starts at the first), else propagated.
 
         Args:
             frame: the input frame (its index, name and original size are used).
             fmap: its feature map.
+
+        Raises:
+            MaskError: a frame before the first mask while ``propagation.backward`` is on.
         """
-        object_ids = self.mask.object_ids
-        with torch.inference_mode():
-            if frame.index == 0:
-                channels = object_ids.to_channels(self.mask.ids)
-                onehot = labels_to_onehot(channels, object_ids.num_channels, fmap.grid_size)
-                self.propagator.reset(fmap.features, onehot.to(fmap.features.device))
-                ids = self.mask.ids
-            else:
-                soft = self.propagator.step(fmap.features)
-                ids = object_ids.to_ids(self.propagator.to_mask(soft, fmap.stride, frame.size))
+        propagation = self.propagation
+        if frame.index < propagation.start:
+            if propagation.needs_backward:
+                raise MaskError(
+                    f"frame {frame.name} comes before the first mask (frame {self.keyframes.first.name}): filling it "
+                    "needs a backward pass (VideoPipeline.propagate_frames), or set propagation.backward: false"
+                )
+            ids = propagation.empty(frame)
+        else:
+            ids = propagation.step(frame, fmap)
         return PropagatedFrame(name=frame.name, index=frame.index, mask=ids)
 
 
@@ -161,9 +168,12 @@ class VideoPipeline:
             video: a :class:`~vidprop.pipeline.inputs.VideoInput` or anything
                 :func:`~vidprop.pipeline.inputs.as_frame_source` accepts.
         """
-        source = open_video(video, data=self.config.data).source
+        yield from self._features_of(open_video(video, data=self.config.data).source)
+
+    def _features_of(self, frames: Iterable[Frame]) -> Iterator[tuple[Frame, FeatureMap]]:
+        """``(frame, feature map)`` of any iterable of frames, in its order."""
         data = self.config.data
-        stream = prefetch(source, data.resize_policy(), depth=data.prefetch)
+        stream = prefetch(frames, data.resize_policy(), depth=data.prefetch)
         try:
             yield from self.features.stream(stream)
         finally:
@@ -175,39 +185,45 @@ class VideoPipeline:
         """Like :meth:`propagate` but also yields each input :class:`~vidprop.io.frames.Frame` (for overlays).
 
         Args:
-            video: a :class:`~vidprop.pipeline.inputs.VideoInput` with a mask, or the frames
+            video: a :class:`~vidprop.pipeline.inputs.VideoInput` with masks, or the frames
                 (then ``first_mask`` is required).
+            first_mask: as in :meth:`propagate`.
             n_last_frames: cap of the recent-frame window for this video (None = the config's).
         """
         opened = open_video(video, first_mask, self.config.data)
-        if opened.mask is None:
-            raise MaskError("no first-frame mask given")
-        propagation = MaskPropagation(opened.mask, self.propagation_config(n_last_frames))
-        for frame, fmap in self.frames_with_features(opened):
-            yield frame, propagation.step(frame, fmap)
+        if opened.keyframes is None:
+            raise MaskError("no mask given")
+        propagation = KeyframePropagation(opened.keyframes, self.propagation_config(n_last_frames))
+        for frame, ids in propagate_keyframes(propagation, opened.source, self._features_of):
+            yield frame, PropagatedFrame(name=frame.name, index=frame.index, mask=ids)
 
     def propagate(self, frames_or_path: Any, first_mask: Any) -> Iterator[PropagatedFrame]:
-        """Propagate ``first_mask`` through a video, one frame at a time (writes no files).
+        """Propagate a video's masks through it, one frame at a time (writes no files).
 
         Args:
             frames_or_path: a folder of frames or a video file, a
                 :class:`~vidprop.io.frames.FrameSource`, or an iterable of (H, W, 3) uint8 RGB arrays.
-            first_mask: path to the first frame's indexed/grayscale PNG, or an (H, W) integer
-                array of object ids (0 = background, 255 = void).
+            first_mask: the first frame's mask: a path to an indexed/grayscale PNG, or an (H, W)
+                integer array of object ids (0 = background, 255 = void); or keyframes: a mapping
+                from frame index (int) or frame name (str) to such a mask, e.g.
+                ``{"00004": "masks/00004.png"}`` or ``{0: mask0, 30: correction}`` (see
+                :mod:`vidprop.pipeline.keyframes`).
 
         Yields:
-            :class:`PropagatedFrame` per input frame, in order, starting with the first mask.
+            :class:`PropagatedFrame` per input frame, in order, from frame 0 (frames before the
+            first mask come first: their backward pass runs before anything is yielded).
             Stopping early is fine (the prefetch thread stops too).
 
         Raises:
-            SourceError, MaskError: bad input (checked before any feature is computed).
+            SourceError, MaskError: bad input (checked before any feature is computed), e.g. a
+                mask keyed by a frame name the video does not have.
         """
         for _, out in self.propagate_frames(frames_or_path, first_mask):
             yield out
 
 
 def propagate_video(frames_or_path: Any, first_mask: Any, config: VidpropConfig | None = None) -> Iterator[PropagatedFrame]:
-    """Propagate a first-frame mask through a video; see :meth:`VideoPipeline.propagate`.
+    """Propagate a video's masks (a first-frame mask, or keyframes) through it; see :meth:`VideoPipeline.propagate`.
 
     Builds a new pipeline per call: to process many videos, make one :class:`VideoPipeline`.
     """
