@@ -45,6 +45,7 @@ from vidprop.errors import MaskError, SourceError
 from vidprop.features.base import FeatureMap
 from vidprop.io.frames import Frame
 from vidprop.io.masks import VOID_ID, LabelMask, ObjectIds, labels_to_onehot
+from vidprop.propagation.config import PropagationConfig
 
 __all__ = ["Keyframe", "Keyframes", "as_keyframes", "KeyframePropagation"]
 
@@ -226,7 +227,7 @@ class KeyframePropagation:
         config: the propagation setting (``config.backward`` decides phase 1).
     """
 
-    def __init__(self, keyframes: Keyframes, config):
+    def __init__(self, keyframes: Keyframes, config: PropagationConfig):
         self.keyframes = keyframes
         self.config = config
         self._forward = None
@@ -240,7 +241,7 @@ class KeyframePropagation:
     @property
     def needs_backward(self) -> bool:
         """Whether frames before the first keyframe are filled backwards (``propagation.backward``)."""
-        return self.start > 0 and bool(getattr(self.config, "backward", True))
+        return self.start > 0 and self.config.backward
 
     def empty(self, frame: Frame) -> np.ndarray:
         """The mask of a frame before the first keyframe without backward filling: background."""
