@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from vidprop.features.base import ExtractorBase, FeatureSpec, check_images, regi
 from vidprop.features.config import DiftConfig
 from vidprop.features.unet_common import BlockCapture, Removed, check_dtype, files_fingerprint, frame_generator, to_device
 
-__all__ = ["DiftExtractor", "resolve_model_dir", "REQUIRED_SUBFOLDERS", "up_block_geometry", "weights_fingerprint", "encode_prompt"]
+__all__ = ["DiftExtractor", "resolve_model_dir", "download_command", "REQUIRED_SUBFOLDERS", "up_block_geometry", "weights_fingerprint", "encode_prompt"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +64,37 @@ def _hub_offline() -> bool:
     return env in ("1", "true", "yes", "on") or bool(constants.HF_HUB_OFFLINE)
 
 
-def _how_to_provide(model_id: str) -> str:
+def download_command(model_id: str, revision: str | None = None) -> str:
+    """The shell command that downloads what :func:`resolve_model_dir` needs into the Hugging Face
+    cache, for the command line tool the installed huggingface_hub provides (``hf`` since 0.34,
+    ``huggingface-cli`` before; a Python one-liner when it provides neither)."""
+    from importlib import metadata
+
+    try:
+        scripts = {ep.name for ep in metadata.distribution("huggingface_hub").entry_points if ep.group == "console_scripts"}
+    except metadata.PackageNotFoundError:
+        scripts = set()
+    quote = shlex.quote
+    rev = f" --revision {quote(revision)}" if revision else ""
+    if "hf" in scripts:  # typer options: one pattern per --include/--exclude
+        include = "".join(f" --include {quote(p)}" for p in _HUB_ALLOW)
+        exclude = "".join(f" --exclude {quote(p)}" for p in _HUB_IGNORE)
+        return f"hf download {quote(model_id)}{rev}{include}{exclude}"
+    if "huggingface-cli" in scripts:  # argparse options: several patterns after one flag
+        return (
+            f"huggingface-cli download {quote(model_id)}{rev} --include {' '.join(map(quote, _HUB_ALLOW))} "
+            f"--exclude {' '.join(map(quote, _HUB_IGNORE))}"
+        )
+    call = f"snapshot_download({model_id!r}, revision={revision!r}, allow_patterns={_HUB_ALLOW!r}, ignore_patterns={_HUB_IGNORE!r})"
+    return f"python -c {quote('from huggingface_hub import snapshot_download; ' + call)}"
+
+
+def _how_to_provide(model_id: str, revision: str | None = None) -> str:
     return (
         f"Provide the weights either as a local folder in the diffusers layout "
         f"({', '.join(s + '/' for s in REQUIRED_SUBFOLDERS)}) passed as features.dift.model_id, "
-        f"or download {model_id!r} once with network access (e.g. `huggingface-cli download {model_id}`) "
-        f"into the Hugging Face cache and then run with HF_HUB_OFFLINE=1."
+        f"or download {model_id!r} once with network access into the Hugging Face cache "
+        f"(`{download_command(model_id, revision)}`) and then run with HF_HUB_OFFLINE=1."
     )
 
 
@@ -122,7 +148,7 @@ def resolve_model_dir(model_id: str, revision: str | None = None, timeout_s: flo
     if _hub_offline():
         raise ModelNotFoundError(
             f"model {where} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
-            f"({type(cache_error).__name__}). {_how_to_provide(model_id)}",
+            f"({type(cache_error).__name__}). {_how_to_provide(model_id, revision)}",
             path=constants.HF_HUB_CACHE,
         )
     logger.info("downloading %s from the Hugging Face Hub into %s", where, constants.HF_HUB_CACHE)
@@ -131,7 +157,7 @@ def resolve_model_dir(model_id: str, revision: str | None = None, timeout_s: flo
     except Exception as exc:
         raise ModelNotFoundError(
             f"model {where} is not in the local Hugging Face cache and could not be fetched from the Hub "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). {_how_to_provide(model_id)}",
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). {_how_to_provide(model_id, revision)}",
             path=constants.HF_HUB_CACHE,
         ) from exc
     return _check_layout(Path(path), model_id)

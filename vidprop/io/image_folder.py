@@ -18,7 +18,7 @@ from PIL import Image
 from vidprop.errors import SourceError
 from vidprop.io.frames import IMAGE_EXTENSIONS, Frame, is_image_file, natural_key, register_source
 
-__all__ = ["ImageFolderSource", "read_image", "exif_orientation", "apply_orientation"]
+__all__ = ["ImageFolderSource", "list_frame_files", "read_image", "exif_orientation", "apply_orientation"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,15 @@ def read_image(path: str | Path) -> np.ndarray:
     return apply_orientation(array, orientation)
 
 
+def list_frame_files(folder: str | Path) -> list[Path]:
+    """The frame files of ``folder`` in natural order: jpg/jpeg/png files directly in it, hidden
+    files skipped (macOS writes "._00000.jpg" resource forks next to real frames)."""
+    return sorted(
+        (p for p in Path(folder).iterdir() if not p.name.startswith(".") and p.is_file() and is_image_file(p)),
+        key=lambda p: natural_key(p.name),
+    )
+
+
 class ImageFolderSource:
     """Frames from a folder of jpg/jpeg/png files, sorted naturally (``frame2`` before ``frame10``).
 
@@ -206,11 +215,7 @@ class ImageFolderSource:
             raise SourceError("frame folder does not exist", path)
         if not path.is_dir():
             raise SourceError("not a folder (expected a folder of jpg/jpeg/png frames)", path)
-        # Hidden files are skipped: macOS writes "._00000.jpg" resource forks next to real frames.
-        files = sorted(
-            (p for p in path.iterdir() if not p.name.startswith(".") and p.is_file() and is_image_file(p)),
-            key=lambda p: natural_key(p.name),
-        )
+        files = list_frame_files(path)
         if not files:
             raise SourceError(f"no image frames in folder (looked for {', '.join(IMAGE_EXTENSIONS)})", path)
         names = [p.stem for p in files]
