@@ -352,3 +352,37 @@ def test_a_sweep_over_other_data_in_the_same_folder_redoes_every_point(davis_roo
     assert _without_seconds(tmp_path / "sweep" / "sweep.csv") == _without_seconds(tmp_path / "fresh" / "sweep.csv")
     assert {r.index: r.j_and_f for r in again.results.values()} == {r.index: r.j_and_f for r in fresh.results.values()}
 
+
+
+def test_a_sweep_redoes_points_after_a_first_mask_is_edited_in_place(davis_root, tmp_path):
+    # issue 10 item 2, in the sweep: same paths, same modification time, other mask content
+    import os
+
+    import numpy as np
+
+    from vidprop.io.masks import read_mask, write_mask
+    from vidprop.sweep import DavisSweepData, run_sweep
+
+    root = copy_short_sequence(davis_root, tmp_path / "davis", "dog", 4)
+    grid = build_grid(["propagation.topk=3,10"], load_config(LAB, ["data.short_side=128", "runtime.device=cpu"]))
+    run_sweep(grid, DavisSweepData(root), tmp_path / "sweep")
+    assert run_sweep(grid, DavisSweepData(root), tmp_path / "sweep").resumed == 2
+    mask = root / "Annotations" / "480p" / "dog" / "00000.png"
+    stat = mask.stat()
+    ids = read_mask(mask).ids.copy()
+    ids[ids != 0] = 5
+    write_mask(mask, ids)
+    os.utime(mask, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = run_sweep(grid, DavisSweepData(root), tmp_path / "sweep")
+    assert again.resumed == 0
+    written = sorted((tmp_path / "sweep" / "points").glob("*/dog/00003.png"))
+    assert len(written) == 2 and all(set(np.unique(read_mask(p).ids)) <= {0, 5} for p in written)
+
+
+def test_a_sweep_folder_inside_the_davis_root_is_refused(three_sequences, tmp_path, caplog):
+    out = three_sequences / "sweeps"
+    args = ["sweep", "--davis-root", str(three_sequences), "--sequences", "dog", "--config", LAB, *SMALL,
+            "--grid", "propagation.topk=3,10", "--out", str(out)]
+    assert cli.main(args) == 2
+    assert f"{out}: the sweep folder is inside the DAVIS root {three_sequences}" in caplog.text
+    assert not out.exists()

@@ -106,8 +106,10 @@ def run_local(tasks: Sequence[Task], make_worker: WorkerFactory, config: Any) ->
     """Run every task in this process, in order, with one worker.
 
     A failing video is reported (:func:`failed_outcome`) and the others go on, unless
-    ``config.runtime.fail_fast``: then its exception propagates.
+    ``config.runtime.fail_fast``: then its exception propagates. A missing model
+    (:class:`~vidprop.errors.ModelNotFoundError`) stops the run: every video would fail alike.
     """
+    from vidprop.errors import ModelNotFoundError
     from vidprop.log import progress
 
     outcomes: dict[str, Any] = {}
@@ -118,6 +120,8 @@ def run_local(tasks: Sequence[Task], make_worker: WorkerFactory, config: Any) ->
         for task in progress(tasks, desc="videos", unit="video"):
             try:
                 outcomes[task.name] = worker(task.job)
+            except ModelNotFoundError:
+                raise  # the same for every video: stop the run with one message
             except Exception as exc:  # noqa: BLE001 - one bad video must not stop the batch
                 if config.runtime.fail_fast:
                     raise

@@ -162,27 +162,32 @@ def source_identity(source: str | os.PathLike) -> dict:
     return {"video_bytes": st.st_size, "video_mtime_ns": st.st_mtime_ns}
 
 
-def masks_digest(masks: Iterable[str | os.PathLike]) -> str | None:
-    """SHA-256 of the masks' names and contents (in the given order); None if one cannot be read."""
+def masks_digest(masks: Iterable[tuple[str, str | os.PathLike]]) -> str | None:
+    """SHA-256 of the masks, in the given order: for each, what it is the mask of (e.g. its frame)
+    and its file's content. None if a file cannot be read."""
     digest = hashlib.sha256()
     try:
-        for mask in masks:
-            mask = Path(mask)
-            digest.update(f"{mask.name}\n".encode("utf-8", "surrogateescape"))
-            digest.update(mask.read_bytes())
+        for what, mask in masks:
+            digest.update(f"{what}\n".encode("utf-8", "surrogateescape"))
+            digest.update(Path(mask).read_bytes())
     except OSError:
         return None
     return digest.hexdigest()[:32]
 
 
-def input_identity(source: str | os.PathLike, masks: Iterable[str | os.PathLike]) -> dict:
-    """What a completion marker records about a video's inputs: ``{"source": ..., "masks_sha256": ...}``."""
+def input_identity(source: str | os.PathLike, masks: Iterable[tuple[str, str | os.PathLike]]) -> dict:
+    """What a completion marker records about a video's inputs: ``{"source": ..., "masks_sha256": ...}``.
+
+    Args:
+        source: the frames folder or video file.
+        masks: ``(what it is the mask of, file)`` pairs, e.g. ``("first frame", path)``.
+    """
     return {"source": source_identity(source), "masks_sha256": masks_digest(masks)}
 
 
 _REASONS = {
     "fingerprint": "the settings changed",
-    "masks_sha256": "the mask changed (its content differs)",
+    "masks_sha256": "the mask changed (its content, or the frame it is given for)",
 }
 
 

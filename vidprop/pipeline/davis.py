@@ -66,6 +66,7 @@ def davis_jobs(dataset: Any, out_dir: Path, sequences: Sequence[str] | None = No
                 mask=dataset.first_mask_path(seq, frames) if masks else None,
                 out_dir=out_dir / seq,
                 n_last_frames=REFERENCE_CONTEXT_CAPS.get(seq),
+                inputs=(("DAVIS root", dataset.root),),
             )
         )
     return jobs

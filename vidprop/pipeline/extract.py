@@ -50,5 +50,7 @@ def extract(
         dataset = DavisDataset(davis_root, split=split, resolution=resolution, annotations=False)
         jobs = davis_jobs(dataset, Path("."), sequences, masks=False)
     else:
-        jobs = [VideoJob(name, path) for name, path in list_videos(source)[1]]
+        batch, videos = list_videos(source)
+        roots = (("folder of videos", Path(source)),) if batch else ()
+        jobs = [VideoJob(name, path, inputs=roots) for name, path in videos]
     return run_jobs(jobs, config, FeatureFiller, pipeline=pipeline)

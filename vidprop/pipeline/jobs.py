@@ -18,6 +18,18 @@ isolates failures (``runtime.fail_fast``). The engine runs a worker per process:
 holds the pipeline (the model) across videos. :func:`run_videos` (the folder runner),
 :func:`~vidprop.pipeline.davis.run_davis` and :func:`~vidprop.pipeline.extract.extract` are built
 on :func:`run_jobs`.
+
+Before any video starts, :func:`run_jobs` checks what concerns the whole run, so that a mistake
+stops the run once, with one message, and leaves nothing behind: no output folder (nor the
+feature cache) is, lies inside, or contains an input
+(:func:`~vidprop.io.outputs.check_output_locations`); the feature stage is described, which finds
+the model (a missing model is a run-level error, not one per video); the output folders can be
+created and written to.
+
+Resume: a folder is complete when its marker exists and records the same settings (the result
+fingerprint), the same source (frame names and file sizes, or the video file's size and
+modification time) and the same masks (their frames and content, SHA-256) as the job now;
+otherwise the video is redone and the log says which of them changed (:func:`is_finished`).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info,
 from vidprop.io.config import DataConfig
 from vidprop.io.frames import is_image_file, is_video_file, natural_key
 from vidprop.io.masks import check_mask_file, list_mask_files, write_mask
+from vidprop.io.outputs import changed_inputs, check_output_locations, input_identity, prepare_output_folder
 from vidprop.io.youtube_vos import is_youtube_vos, read_youtube_vos
 from vidprop.log import progress
 from vidprop.pipeline.inputs import VideoInput, open_video
@@ -54,6 +67,8 @@ __all__ = [
     "resolve_runtime",
     "select_shard",
     "is_finished",
+    "completion_record",
+    "job_inputs",
     "open_job",
     "run_job",
     "extract_job",
@@ -84,6 +99,8 @@ class VideoJob:
             :mod:`vidprop.pipeline.keyframes`); empty when ``mask`` gives the first frame's.
         first_appearance: the keyframes give only the objects that start on their frame
             (the YouTube-VOS layout), instead of every label of their frame.
+        inputs: further inputs the outputs must keep clear of, as ``(description, path)``
+            pairs: the folder of videos, the masks folder, the DAVIS or YouTube-VOS root.
     """
 
     name: str
@@ -93,6 +110,7 @@ class VideoJob:
     n_last_frames: int | None = None
     keyframes: tuple[tuple[str, Path], ...] = ()
     first_appearance: bool = False
+    inputs: tuple[tuple[str, Path], ...] = ()
 
     @property
     def masks(self) -> Any:
@@ -244,12 +262,14 @@ def find_videos(
             )
         videos = read_youtube_vos(source)
         logger.info("YouTube-VOS layout: %d videos, %d masks", len(videos), sum(len(v.masks) for v in videos))
+        root = (("YouTube-VOS root", Path(source)),)
         return [
             VideoJob(name=v.name, source=v.frames, keyframes=tuple(v.masks.items()), out_dir=out_dir / v.name,
-                     first_appearance=True)
+                     first_appearance=True, inputs=root)
             for v in videos
         ]
     batch, videos = list_videos(source)
+    roots = (("masks folder", Path(masks_dir)),) if masks_dir is not None else ()
     if not batch:
         name, path = videos[0]
         if mask is not None:
@@ -259,7 +279,7 @@ def find_videos(
             return [VideoJob(name=name, source=path, mask=mask, out_dir=out_dir)]
         if masks_dir is None:
             raise MaskError("give the video's mask with --mask FILE (and --mask-frame NAME unless it is the first frame's)", path)
-        return [VideoJob(name=name, source=path, out_dir=out_dir, **_masks_in(Path(masks_dir), name))]
+        return [VideoJob(name=name, source=path, out_dir=out_dir, inputs=roots, **_masks_in(Path(masks_dir), name))]
     if mask is not None:
         raise MaskError(
             f"this folder holds {len(videos)} videos: --mask gives one video's mask; give the masks of all with "
@@ -272,7 +292,11 @@ def find_videos(
             "(holding <video>.png or <video>/<frame>.png)",
             source,
         )
-    return [VideoJob(name=name, source=path, out_dir=out_dir / name, **_masks_in(Path(masks_dir), name)) for name, path in videos]
+    roots = (("folder of videos", Path(source)), *roots)
+    return [
+        VideoJob(name=name, source=path, out_dir=out_dir / name, inputs=roots, **_masks_in(Path(masks_dir), name))
+        for name, path in videos
+    ]
 
 
 def resolve_runtime(cfg: VidpropConfig) -> VidpropConfig:
@@ -314,13 +338,48 @@ def select_shard(items: Sequence[Any], num_shards: int, shard_index: int, key: C
     return ordered[shard_index::num_shards]
 
 
+def _source_path(job: VideoJob) -> Any:
+    """The job's source on disk (a path, or an opened source's path)."""
+    return getattr(job.source, "path", job.source)
+
+
+def _labelled_masks(job: VideoJob) -> list[tuple[str, Path]]:
+    """``(what it is the mask of, file)`` for every mask of ``job``."""
+    if job.keyframes:
+        kind = "first appearances on frame" if job.first_appearance else "frame"
+        return [(f"{kind} {name}", Path(path)) for name, path in job.keyframes]
+    return [] if job.mask is None else [("first frame", Path(job.mask))]
+
+
+def job_inputs(job: VideoJob) -> list[tuple[str, Path]]:
+    """``(description, path)`` of every input of ``job``: its frames folder or video file, its
+    mask files, and :attr:`VideoJob.inputs`."""
+    source = Path(_source_path(job))
+    pairs = [("frames folder" if source.is_dir() else "video file", source)]
+    pairs += [(f"mask of the {what}", path) for what, path in _labelled_masks(job)]
+    return [*pairs, *job.inputs]
+
+
+def completion_record(job: VideoJob, fingerprint: str) -> dict:
+    """What the completion marker of ``job`` records about what determines its masks: the
+    settings' ``fingerprint`` and the inputs' identity (:func:`~vidprop.io.outputs.input_identity`:
+    the source, and each mask's frame and content)."""
+    return {"fingerprint": fingerprint, **input_identity(_source_path(job), _labelled_masks(job))}
+
+
 def is_finished(job: VideoJob, fingerprint: str) -> bool:
-    """Whether ``job``'s outputs are complete and were made with settings of this ``fingerprint``."""
+    """Whether ``job``'s outputs are complete and still match its settings and inputs.
+
+    Compares the folder's completion marker with :func:`completion_record`: the settings of this
+    ``fingerprint``, the source's identity and the masks (their frames and content). When
+    something changed, logs which of them, and returns False.
+    """
     info = read_complete_info(job.out_dir)
     if info is None:
         return False
-    if info.get("fingerprint") != fingerprint:
-        logger.info("%s: complete, but made with other settings; redoing it", job.name)
+    reasons = changed_inputs(info, completion_record(job, fingerprint))
+    if reasons:
+        logger.info("%s: complete but stale, redoing it: %s", job.name, "; ".join(reasons))
         return False
     return True
 
@@ -345,7 +404,7 @@ def run_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:
     video is never complete. Settings come from ``pipeline.config``. Reads no environment.
 
     Returns:
-        "skipped" when the folder is complete with the same settings (unless
+        "skipped" when the folder is complete and up to date, see :func:`is_finished` (unless
         ``runtime.overwrite``), else "done".
 
     Raises:
@@ -359,16 +418,18 @@ def run_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:
     if not config.runtime.overwrite and is_finished(job, fingerprint):
         logger.info("%s: already complete, skipping (--overwrite redoes it)", job.name)
         return VideoOutcome(job.name, "skipped")
+    record = completion_record(job, fingerprint)  # the inputs as they are read now
     video = open_job(job, config.data)
     if video.keyframes is None:
         raise MaskError(f"no mask given for video {job.name!r}")
-    job.out_dir.mkdir(parents=True, exist_ok=True)
+    pipeline.features  # finds the model (a missing one fails here, before any folder is made)
+    prepare_output_folder(job.out_dir)
     clear_complete(job.out_dir)
     remove_stale_temporaries(job.out_dir)  # what a killed run of this video left (the overlay cleans its own)
     count, seconds = _write_masks(pipeline, job, video)
     mark_complete(
         job.out_dir,
-        {"frames": count, "fingerprint": fingerprint, "vidprop_version": __version__, "masks": job.mask_files},
+        {"frames": count, **record, "vidprop_version": __version__, "masks": job.mask_files},
     )
     logger.info("%s: %d frames in %.1f s (%.2f frames/s)", job.name, count, seconds, count / max(seconds, 1e-9))
     return VideoOutcome(job.name, "done", frames=count, seconds=seconds)
@@ -472,6 +533,20 @@ def _own_folders(job: VideoJob) -> tuple[Path, ...]:
     return () if job.out_dir is None else (job.out_dir, OverlayWriter(job.out_dir, "png").path)
 
 
+def _check_locations(jobs: Sequence[VideoJob], config: VidpropConfig, config_dirs: Sequence[Path]) -> None:
+    """Refuse output folders and a feature cache that are, lie inside, or contain an input."""
+    every_input: dict[str, tuple[str, Path]] = {}
+    for job in jobs:
+        inputs = job_inputs(job)
+        if job.out_dir is not None:
+            check_output_locations([("output folder", job.out_dir)], inputs)
+        every_input.update((str(path), (label, path)) for label, path in inputs)
+    outputs = [("output folder", folder) for folder in config_dirs]
+    if config.features.cache.dir is not None:
+        outputs.append(("feature cache", Path(config.features.cache.dir)))
+    check_output_locations(outputs, every_input.values())
+
+
 def run_jobs(
     jobs: Sequence[VideoJob],
     config: VidpropConfig,
@@ -494,20 +569,28 @@ def run_jobs(
         pipeline: reuse this pipeline's feature stage (and model) when its feature settings match
             ``config`` (see :meth:`VideoPipeline.with_config`); ``local`` engine only.
 
+    Before any video, for the whole run (each an :class:`~vidprop.errors.InputError` that stops
+    it, naming the paths): the output folders (each job's and ``config_dirs``) and the feature
+    cache must not be, lie inside, or contain an input; with the ``local`` engine the feature
+    stage is described once, which finds the model (unless every video is skipped); and
+    ``config_dirs`` must be folders that can be created and written to.
+
     Returns:
         The outcome of each job of this shard, in order.
 
     Raises:
         ConfigError: sharding that disagrees with torchrun's environment, or a pipeline given to
             another engine than ``local``.
+        InputError: an output location that overlaps an input, or that cannot be written.
+        ModelNotFoundError: the feature backend's model cannot be found.
     """
     config = resolve_runtime(config)
     rt = config.runtime
+    config_dirs = [Path(folder) for folder in config_dirs]
+    _check_locations(jobs, config, config_dirs)
     mine = select_shard(jobs, rt.num_shards, rt.shard_index)
     if rt.num_shards > 1:
         logger.info("shard %d of %d: %d of %d videos", rt.shard_index, rt.num_shards, len(mine), len(jobs))
-    for folder in config_dirs:
-        dump_config(config, Path(folder) / CONFIG_FILE)
     if pipeline is not None and rt.engine != "local":
         raise ConfigError(f"a pipeline object cannot be shipped to {rt.engine} workers: call without pipeline=", key="runtime.engine")
     outcomes: dict[str, VideoOutcome] = {}
@@ -528,6 +611,14 @@ def run_jobs(
                 continue
         tasks.append(Task(job.name, job, frames, _own_folders(job)))
     reused = pipeline.with_config(config) if pipeline is not None else None
+    if tasks and rt.engine == "local":
+        # Describe the feature stage once, before any video: a missing model stops the run here
+        # with one message (not once per video), before any folder is made.
+        reused = reused if reused is not None else VideoPipeline(config)
+        reused.features
+    for folder in config_dirs:
+        prepare_output_folder(folder)
+        dump_config(config, folder / CONFIG_FILE)
     outcomes.update(run_tasks(tasks, functools.partial(worker, pipeline=reused), config).outcomes)
     summary = RunSummary(tuple(outcomes[job.name] for job in mine))
     logger.info(
@@ -545,7 +636,7 @@ def run_videos(
 ) -> RunSummary:
     """Propagate every job of this process's shard to PNG files, resumably: :func:`run_jobs` of :class:`MaskWriter`.
 
-    Videos already complete (same settings) are skipped unless ``runtime.overwrite``, without
+    Videos already complete and up to date (:func:`is_finished`) are skipped unless ``runtime.overwrite``, without
     starting a worker; the videos run on ``runtime.engine`` (here, or on a Ray cluster).
     """
     fingerprint = result_fingerprint(config)

@@ -14,6 +14,8 @@ Everything is opened and checked when the object is built, before any compute.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,6 +46,15 @@ class SweepVideo:
         return len(self.source)
 
 
+def _inputs_digest(videos: Sequence[SweepVideo]) -> str:
+    """A hash of every video's input identity (frames or video file, first-mask content), so a
+    finished point is not reused after its inputs changed (see :func:`~vidprop.io.outputs.input_identity`)."""
+    from vidprop.io.outputs import input_identity
+
+    identities = [[v.name, input_identity(v.source.path, [("first frame", v.mask)])] for v in videos]
+    return hashlib.sha256(json.dumps(identities, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def _preflight(videos: Sequence[SweepVideo]) -> None:
     from vidprop.io.masks import read_mask
 
@@ -53,6 +64,8 @@ def _preflight(videos: Sequence[SweepVideo]) -> None:
 
 class DavisSweepData:
     """Sequences of a DAVIS split, scored with the official semantics (as ``vidprop davis``).
+
+    ``inputs`` lists, as ``(description, path)``, the folders a sweep's outputs must keep clear of.
 
     Raises:
         DavisLayoutError: bad root, split or sequence name; MaskError: a bad first mask.
@@ -68,6 +81,7 @@ class DavisSweepData:
         dataset = DavisDataset(root, split=split, resolution=resolution)
         jobs = davis_jobs(dataset, Path("."), sequences)
         self.videos = [SweepVideo(job.name, job.source, job.mask, job.n_last_frames) for job in jobs]
+        self.inputs = (("DAVIS root", self.root),)
         _preflight(self.videos)
 
     @property
@@ -79,6 +93,7 @@ class DavisSweepData:
             "split": self.split,
             "resolution": self.resolution,
             "sequences": [v.name for v in self.videos],
+            "inputs": _inputs_digest(self.videos),
         }
 
     def describe(self) -> str:
@@ -95,6 +110,8 @@ class DavisSweepData:
 
 class FolderSweepData:
     """Videos of a folder (sub-folders of frames or video files) with ground truth ``GT/<video>/<frame>.png``.
+
+    ``inputs`` lists, as ``(description, path)``, the folders a sweep's outputs must keep clear of.
 
     Args:
         source: a folder of videos.
@@ -143,6 +160,7 @@ class FolderSweepData:
                     masks[0],
                 )
             self.videos.append(SweepVideo(name, frames, masks[0]))
+        self.inputs = (("folder of videos", self.source), ("ground-truth folder", self.gt))
         _preflight(self.videos)
 
     @property
@@ -152,6 +170,7 @@ class FolderSweepData:
             "source": str(self.source.expanduser().resolve()),
             "gt": str(self.gt.expanduser().resolve()),
             "sequences": [v.name for v in self.videos],
+            "inputs": _inputs_digest(self.videos),
         }
 
     def describe(self) -> str:

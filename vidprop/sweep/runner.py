@@ -23,7 +23,8 @@ from typing import Any, Sequence
 from vidprop import __version__
 from vidprop.config import dump_config, result_fingerprint
 from vidprop.errors import ConfigError, VidpropError
-from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info
+from vidprop.io.atomic import clear_complete, mark_complete
+from vidprop.io.outputs import check_output_locations, prepare_output_folder
 from vidprop.log import progress
 from vidprop.sweep.grid import Grid, GridPoint
 from vidprop.sweep.report import (
@@ -107,24 +108,26 @@ def _point_dir(out_dir: Path, grid: Grid, point: GridPoint) -> Path:
     return out_dir / POINTS_DIR / point.name(grid.axes)
 
 
+def _job(video: Any, folder: Path | None = None) -> Any:
+    """``video`` as a :class:`~vidprop.pipeline.VideoJob`, whose resume rules a sweep shares."""
+    from vidprop.pipeline import VideoJob
+
+    return VideoJob(video.name, video.source, video.mask, out_dir=folder)
+
+
 def _marker(point: GridPoint, video: Any, frames: int) -> dict:
-    """What a finished video of a point records: its settings and its inputs."""
-    return {
-        "fingerprint": point.fingerprint,
-        "source": str(Path(video.source.path).expanduser().resolve()),
-        "mask": str(Path(video.mask).expanduser().resolve()),
-        "frames": frames,
-        "vidprop_version": __version__,
-    }
+    """What a finished video of a point records: its settings and its inputs' identity."""
+    from vidprop.pipeline import completion_record
+
+    return {**completion_record(_job(video), point.fingerprint), "frames": frames, "vidprop_version": __version__}
 
 
 def _video_done(folder: Path, point: GridPoint, video: Any) -> bool:
-    """Whether ``folder`` holds ``video``'s complete masks for ``point`` (same settings, same frames and mask)."""
-    info = read_complete_info(folder)
-    if info is None:
-        return False
-    expected = _marker(point, video, len(video.source))
-    return all(info.get(key) == expected[key] for key in ("fingerprint", "source", "mask", "frames"))
+    """Whether ``folder`` holds ``video``'s complete masks for ``point`` (same settings, frames and mask
+    content; see :func:`~vidprop.pipeline.is_finished`)."""
+    from vidprop.pipeline import is_finished
+
+    return is_finished(_job(video, folder), point.fingerprint)
 
 
 def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], clock: _Clock) -> None:
@@ -170,6 +173,16 @@ def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], 
         mark_complete(folder, _marker(point, video, count))
 
 
+def _check_locations(grid: Grid, data: Any, out_dir: Path) -> None:
+    """Refuse a sweep folder or feature cache that is, lies inside, or contains an input."""
+    from vidprop.pipeline import job_inputs
+
+    inputs = [*data.inputs, *(pair for video in data.videos for pair in job_inputs(_job(video)))]
+    outputs = [("sweep folder", out_dir)]
+    outputs += [("feature cache", Path(d)) for d in {p.config.features.cache.dir for p in grid.points} if d is not None]
+    check_output_locations(outputs, inputs)
+
+
 def run_sweep(grid: Grid, data: Any, out_dir: str | Path, overwrite: bool = False) -> SweepResult:
     """Run every point of ``grid`` on ``data`` into ``out_dir``, resumably; see the module docstring.
 
@@ -192,7 +205,8 @@ def run_sweep(grid: Grid, data: Any, out_dir: str | Path, overwrite: bool = Fals
     if resolve_runtime(grid.base).runtime.num_shards > 1:
         raise ConfigError("a sweep runs in one process: sharding is not supported", key="runtime.num_shards")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_locations(grid, data, out_dir)
+    prepare_output_folder(out_dir, "sweep folder")
     signature = data.signature
     sequences = [v.name for v in data.videos]
     results: dict[int, PointResult] = {}
