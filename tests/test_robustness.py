@@ -342,3 +342,18 @@ def test_missing_weights_stop_the_run_once_before_any_video(davis_root, tmp_path
     assert message.count("Provide the weights") == 1
     assert not out.exists()  # no folder, let alone one per video
     _no_traceback(caplog)
+
+
+def test_resume_redoes_a_video_whose_mask_is_given_for_another_frame(seq, tmp_path, caplog, capsys):
+    # keyframes: the same file given for another frame (--mask-frame) determines other masks
+    frames, first = seq
+    mask = tmp_path / "m.png"
+    mask.write_bytes(first.read_bytes())
+    out = tmp_path / "out"
+    assert _propagate(frames, mask, out, "--mask-frame", "00000") == 0
+    capsys.readouterr()
+    assert _propagate(frames, mask, out, "--mask-frame", "00000") == 0
+    assert "1 already complete" in capsys.readouterr().out
+    caplog.clear()
+    assert _propagate(frames, mask, out, "--mask-frame", "00002") == 0
+    assert "redoing it: the mask changed (its content, or the frame it is given for)" in caplog.text
