@@ -386,3 +386,15 @@ def test_a_sweep_folder_inside_the_davis_root_is_refused(three_sequences, tmp_pa
     assert cli.main(args) == 2
     assert f"{out}: the sweep folder is inside the DAVIS root {three_sequences}" in caplog.text
     assert not out.exists()
+
+
+def test_an_up_block_the_unet_lacks_stops_the_sweep_before_any_compute(short_sequence, tiny_sd_dir, tmp_path, monkeypatch):
+    from vidprop.features.dift_sd import DiftExtractor
+    from vidprop.sweep import DavisSweepData, run_sweep
+
+    monkeypatch.setattr(DiftExtractor, "unet_features", lambda *a: pytest.fail("computed before the check"))
+    grid = build_grid(["features.dift.up_ft_index=1,7"], load_config(None, _tiny_sd_overrides(tiny_sd_dir)))
+    with pytest.raises(ConfigError) as info:
+        run_sweep(grid, DavisSweepData(short_sequence("car-shadow", 3)), tmp_path / "sweep")
+    assert info.value.key == "features.dift.up_ft_index"
+    assert not list((tmp_path / "sweep").rglob("*.png"))

@@ -142,28 +142,36 @@ class Backend:
         factory: the backend class: ``factory(config, device=torch.device, dtype=torch.dtype)``
             loads the model; ``factory.describe(config, dtype)`` returns its :class:`FeatureSpec`
             without loading anything heavy.
+        shared_option: the option of its config whose values one pass of the model can serve
+            together (DIFT: ``up_ft_index``, all up blocks of one UNet pass), or None. A backend
+            with one builds an extractor for the merged value (``factory.merge(values)``) whose
+            ``extract_shared(images, values)`` gives each value's features exactly as an
+            extractor of that value alone (see :class:`~vidprop.features.stage.SharedFeatureStage`).
     """
 
     name: str
     config_class: type
     config_field: str
     factory: Any
+    shared_option: str | None = None
 
 
 _REGISTRY: dict[str, Backend] = {}
 
 
-def register_extractor(name: str, config_class: type, config_field: str | None = None):
+def register_extractor(name: str, config_class: type, config_field: str | None = None, shared_option: str | None = None):
     """Class decorator registering a backend under ``name``.
 
     The class is built as ``cls(config, device=..., dtype=...)`` with an instance of
     ``config_class`` and must have a classmethod ``describe(config, dtype) -> FeatureSpec``.
     ``config_field`` names the field of :class:`~vidprop.features.config.FeatureConfig`
-    holding its config (default: ``name``).
+    holding its config (default: ``name``). ``shared_option``: see :class:`Backend` (the class
+    then needs a classmethod ``merge(values)`` and a method ``extract_shared(images, values)``).
 
     Raises:
         ValueError: the name is taken.
-        TypeError: the class has no ``describe``.
+        TypeError: the class has no ``describe`` (or, with ``shared_option``, no ``merge`` or
+            ``extract_shared``).
     """
 
     def decorate(cls):
@@ -171,7 +179,9 @@ def register_extractor(name: str, config_class: type, config_field: str | None =
             raise ValueError(f"feature backend {name!r} is already registered")
         if not callable(getattr(cls, "describe", None)):
             raise TypeError(f"feature backend {name!r}: {cls.__name__} needs a classmethod describe(config, dtype)")
-        _REGISTRY[name] = Backend(name, config_class, config_field or name, cls)
+        if shared_option is not None and not all(callable(getattr(cls, m, None)) for m in ("merge", "extract_shared")):
+            raise TypeError(f"feature backend {name!r}: a shared option needs merge(values) and extract_shared(images, values)")
+        _REGISTRY[name] = Backend(name, config_class, config_field or name, cls, shared_option)
         return cls
 
     return decorate

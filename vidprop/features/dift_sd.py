@@ -36,7 +36,7 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -257,7 +257,7 @@ def encode_prompt(model_dir: Path, prompt: str) -> torch.Tensor:
     return embeds.clone()
 
 
-@register_extractor("dift_sd", DiftConfig, "dift")
+@register_extractor("dift_sd", DiftConfig, "dift", shared_option="up_ft_index")
 class DiftExtractor(ExtractorBase):
     """DIFT features of a Stable Diffusion UNet up block.
 
@@ -494,6 +494,25 @@ class DiftExtractor(ExtractorBase):
             for f in chosen
         ]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    @staticmethod
+    def merge(values: Sequence[int | tuple[int, ...]]) -> tuple[int, ...]:
+        """The ``up_ft_index`` that captures every block of ``values`` in one pass (sorted)."""
+        return tuple(sorted({i for v in values for i in ((v,) if isinstance(v, int) else v)}))
+
+    def extract_shared(self, images: torch.Tensor, values: Sequence[int | tuple[int, ...]]) -> list[torch.Tensor]:
+        """Features of several ``up_ft_index`` values from one UNet pass per frame.
+
+        Args:
+            images: (B, 3, H, W) float in [-1, 1].
+            values: ``up_ft_index`` values whose blocks this extractor captures.
+
+        Returns:
+            Per value, (B, C, h, w) float32: exactly what an extractor of that value alone gives
+            (the same draws, the blocks combined in the value's order).
+        """
+        layers = self.extract_layers(images)
+        return [self.combine(layers, (v,) if isinstance(v, int) else tuple(v)) for v in values]
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         """DIFT features of a batch of frames.

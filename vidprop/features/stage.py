@@ -12,18 +12,19 @@ on-disk cache (:mod:`vidprop.features.cache`):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 
 from vidprop.device import dtype_name, resolve_device, torch_dtype
 from vidprop.errors import ShapeError, VidpropError
-from vidprop.features.base import FeatureExtractor, FeatureMap, FeatureSpec, create_extractor, describe_extractor
+from vidprop.features.base import FeatureExtractor, FeatureMap, FeatureSpec, create_extractor, describe_extractor, get_backend
 from vidprop.features.cache import FeatureCache, frame_digest
 from vidprop.features.config import FeatureConfig
 
-__all__ = ["FeatureStage", "batches"]
+__all__ = ["FeatureStage", "SharedFeatureStage", "batches", "shared_pass_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,18 +96,7 @@ class FeatureStage:
         """
         if images.ndim != 4:
             raise ShapeError(f"images: expected a (B, 3, H, W) tensor, got {tuple(images.shape)}")
-        if self.cache is None:
-            features = list(self._compute(images).unbind(0))
-        else:
-            size = (int(images.shape[-2]), int(images.shape[-1]))
-            digests = [frame_digest(image) for image in images]
-            found: list[torch.Tensor | None] = [self.cache.get(d, size) for d in digests]
-            missing = [i for i, f in enumerate(found) if f is None]
-            if missing:
-                computed = self._compute(images[missing])
-                for i, f in zip(missing, computed):
-                    found[i] = self.cache.put(digests[i], f, size)
-            features = found  # type: ignore[assignment]
+        [features] = _through_caches([self.cache], images, lambda missing: [self._compute(missing)])
         return [FeatureMap(f.to(device=self.device, dtype=torch.float32), self.spec.stride) for f in features]
 
     def _compute(self, images: torch.Tensor) -> torch.Tensor:
@@ -136,6 +126,114 @@ class FeatureStage:
         """Log the cache's hits and misses at INFO (nothing without a cache)."""
         if self.cache is not None:
             self.cache.log_stats()
+
+
+def _through_caches(
+    caches: Sequence[FeatureCache | None], images: torch.Tensor, compute: Callable[[torch.Tensor], Sequence[torch.Tensor]]
+) -> list[list[torch.Tensor]]:
+    """Per setting (one cache each, or None), each frame's (C, h, w) features: read where cached,
+    the frames missing from any cache computed by one ``compute`` call (which returns one
+    (B', C, h, w) tensor per setting) and stored."""
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    digests = [frame_digest(image) for image in images] if any(c is not None for c in caches) else []
+    found: list[list[torch.Tensor | None]] = [
+        [None] * len(images) if cache is None else [cache.get(d, size) for d in digests] for cache in caches
+    ]
+    missing = sorted({i for per in found for i, f in enumerate(per) if f is None})
+    if missing:
+        computed = compute(images if len(missing) == len(images) else images[missing])
+        for per, cache, features in zip(found, caches, computed):
+            for j, i in enumerate(missing):
+                if per[i] is None:
+                    per[i] = features[j] if cache is None else cache.put(digests[i], features[j], size)
+    return found  # type: ignore[return-value]
+
+
+def shared_pass_key(config: FeatureConfig) -> FeatureConfig:
+    """``config`` with its backend's shared option reset: settings with equal keys can share one
+    model pass (:class:`SharedFeatureStage`); without a shared option, ``config`` itself."""
+    backend = get_backend(config.backend)
+    if backend.shared_option is None:
+        return config
+    section = getattr(config, backend.config_field)
+    default = getattr(backend.config_class(), backend.shared_option)
+    return dataclasses.replace(config, **{backend.config_field: dataclasses.replace(section, **{backend.shared_option: default})})
+
+
+class SharedFeatureStage:
+    """Several feature settings from one model pass per frame, each through its own cache entries.
+
+    The settings may differ only in their backend's shared option (DIFT: ``up_ft_index``, so all
+    up blocks at one timestep come from one UNet pass); each setting's features are exactly those
+    of a :class:`FeatureStage` of that setting alone, stored under that setting's cache key, so a
+    later single run reads them (and vice versa). The model is built on the first frame that a
+    setting lacks in its cache.
+
+    Args:
+        configs: the feature settings (the ``features`` sections), at least one.
+        device, dtype: as for :class:`FeatureStage`.
+
+    Attributes:
+        specs: each setting's :class:`~vidprop.features.base.FeatureSpec` (no model loaded).
+
+    Raises:
+        ValueError: settings that differ in more than the shared option.
+        ConfigError, ModelNotFoundError: from the backend's ``describe`` (e.g. an up block the
+            UNet does not have), before any compute.
+    """
+
+    def __init__(self, configs: Sequence[FeatureConfig], device: Any = "cpu", dtype: Any = "float32"):
+        configs = list(configs)
+        if not configs or any(shared_pass_key(c) != shared_pass_key(configs[0]) for c in configs):
+            raise ValueError("settings that differ in more than their backend's shared option cannot share a pass")
+        backend = get_backend(configs[0].backend)
+        self.configs = configs
+        self.specs = [describe_extractor(c, dtype=torch_dtype(dtype_name(dtype))) for c in configs]
+        merged = dataclasses.replace(configs[0], cache=dataclasses.replace(configs[0].cache, dir=None))
+        self._values = None
+        if len(configs) > 1:
+            section = backend.config_field
+            self._values = [getattr(getattr(c, section), backend.shared_option) for c in configs]
+            value = backend.factory.merge(self._values)
+            merged = dataclasses.replace(merged, **{section: dataclasses.replace(getattr(merged, section), **{backend.shared_option: value})})
+        self._stage = FeatureStage(merged, device, dtype)  # builds the model of the merged setting on first use
+        self.device = self._stage.device
+        cache = configs[0].cache
+        self.caches = [None if cache.dir is None else FeatureCache(cache.dir, s.cache_key, cache.dtype, s.stride) for s in self.specs]
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model has been built."""
+        return self._stage.loaded
+
+    def _compute(self, images: torch.Tensor) -> Sequence[torch.Tensor]:
+        with torch.inference_mode():
+            images = images.to(self.device)
+            if self._values is None:
+                return [self._stage.extractor.extract(images)]
+            return self._stage.extractor.extract_shared(images, self._values)
+
+    def extract(self, images: torch.Tensor) -> list[list[FeatureMap]]:
+        """Per setting, one :class:`FeatureMap` per frame of ``images`` ((B, 3, H, W) in [-1, 1])."""
+        if images.ndim != 4:
+            raise ShapeError(f"images: expected a (B, 3, H, W) tensor, got {tuple(images.shape)}")
+        per_setting = _through_caches(self.caches, images, self._compute)
+        return [
+            [FeatureMap(f.to(device=self.device, dtype=torch.float32), spec.stride) for f in features]
+            for features, spec in zip(per_setting, self.specs)
+        ]
+
+    def stream(self, items: Iterable[tuple[T, torch.Tensor]]) -> Iterator[tuple[T, list[FeatureMap]]]:
+        """``(frame, [feature map of each setting])`` in order, batched as :meth:`FeatureStage.stream` does."""
+        for batch in batches(items, self.specs[0].frames_per_batch):
+            frames, images = zip(*batch)
+            yield from zip(frames, (list(maps) for maps in zip(*self.extract(torch.stack(images)))))
+
+    def log_stats(self) -> None:
+        """Log each setting's cache hits and misses at INFO."""
+        for cache in self.caches:
+            if cache is not None:
+                cache.log_stats()
 
 
 def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -1,9 +1,11 @@
 """Run a sweep with the least work: one feature pass per video and feature setting, feeding every propagation setting.
 
-Plan: the points still to do are grouped by their feature setting (everything but the
-``propagation`` section). For each group and video, one stream of the video's features (through
-the feature cache when ``features.cache.dir`` is set) feeds one
-:class:`~vidprop.propagation.LabelPropagator` per point of the group; each point's masks go to
+Plan: the points still to do are grouped by feature pass (everything but the ``propagation``
+section and the feature backend's shared option, e.g. DIFT's up block) and, within a pass, by
+feature setting. For each pass and video, one stream of the video's features
+(:class:`~vidprop.features.stage.SharedFeatureStage`: one model pass per frame, each setting
+through its own feature-cache entries) feeds one
+:class:`~vidprop.pipeline.MaskPropagation` per point of the pass; each point's masks go to
 ``<out>/points/<point>/<video>/<frame>.png`` with a completion marker per video. When a group's
 videos are done its points are scored, ``result.json`` is written per point, and ``sweep.csv``
 and ``best.yaml`` are rewritten. Plots come last.
@@ -67,7 +69,7 @@ class SweepResult:
 
 @dataclasses.dataclass(frozen=True)
 class FeatureGroup:
-    """Grid points whose features one extractor pass gives (see :mod:`vidprop.sweep.features`).
+    """Grid points whose features one model pass gives (see :class:`~vidprop.features.stage.SharedFeatureStage`).
 
     Attributes:
         settings: the points of each distinct feature setting of the pass (grid order).
@@ -82,12 +84,13 @@ class FeatureGroup:
 
 def plan_groups(points: Sequence[GridPoint]) -> list[FeatureGroup]:
     """Group ``points`` into feature passes, then by feature setting, in grid order of first appearance."""
+    from vidprop.features.stage import shared_pass_key
     from vidprop.propagation import PropagationConfig
-    from vidprop.sweep.features import shared_pass_key
 
     passes: dict[str, dict[str, list[GridPoint]]] = {}
     for point in points:
-        pass_key = result_fingerprint(shared_pass_key(point.config))
+        config = point.config.replace(propagation=PropagationConfig())
+        pass_key = result_fingerprint(config.replace(features=shared_pass_key(config.features)))
         setting_key = result_fingerprint(point.config.replace(propagation=PropagationConfig()))
         passes.setdefault(pass_key, {}).setdefault(setting_key, []).append(point)
     return [FeatureGroup(tuple(tuple(members) for members in settings.values())) for settings in passes.values()]
@@ -132,8 +135,8 @@ def _video_done(folder: Path, point: GridPoint, video: Any) -> bool:
 
 def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], clock: _Clock) -> None:
     """One pass over ``video``'s features, feeding one propagator per ``(point, folder, setting)`` of ``todo``."""
-    from vidprop.features.base import FeatureMap
     from vidprop.io.masks import read_mask, write_mask
+    from vidprop.io.prefetch import prefetch
     from vidprop.pipeline import MaskPropagation, VideoPipeline
 
     source = video.source
@@ -143,9 +146,10 @@ def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], 
         folder.mkdir(parents=True, exist_ok=True)
         clear_complete(folder)
         propagators.append(MaskPropagation(label_mask, VideoPipeline(point.config).propagation_config(video.n_last_frames)))
-    strides = shared.strides()
     points = [p for p, _, _ in todo]
-    stream = shared.stream(source)
+    data = points[0].config.data
+    frames = prefetch(source, data.resize_policy(), depth=data.prefetch)
+    stream = shared.stream(frames)
     bar = progress(None, total=len(source), desc=f"{video.name} x {len(todo)}", unit="frame", leave=False, position=1)
     count = 0
     try:
@@ -158,7 +162,7 @@ def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], 
             clock.charge(points, time.perf_counter() - start)
             for (point, folder, setting), propagator in zip(todo, propagators):
                 start = time.perf_counter()
-                out = propagator.step(frame, FeatureMap(per_setting[setting], strides[setting]))
+                out = propagator.step(frame, per_setting[setting])
                 write_mask(folder / f"{frame.name}.png", out.mask, palette=label_mask.palette)
                 clock.charge([point], time.perf_counter() - start)
             del per_setting
@@ -166,6 +170,7 @@ def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], 
             bar.update(1)
     finally:
         stream.close()
+        frames.close()
         bar.close()
     if count != len(source):
         raise VidpropError(f"{video.name}: read {count} of {len(source)} frames")
@@ -200,7 +205,7 @@ def run_sweep(grid: Grid, data: Any, out_dir: str | Path, overwrite: bool = Fals
         InputError and others: from the stages (bad frames, missing model, ...), at the first failure.
     """
     from vidprop.pipeline import resolve_runtime
-    from vidprop.sweep.features import SharedFeatures
+    from vidprop.features.stage import SharedFeatureStage
 
     if resolve_runtime(grid.base).runtime.num_shards > 1:
         raise ConfigError("a sweep runs in one process: sharding is not supported", key="runtime.num_shards")
@@ -225,11 +230,19 @@ def run_sweep(grid: Grid, data: Any, out_dir: str | Path, overwrite: bool = Fals
     logger.info(
         "%d grid points to run in %d feature pass(es) over %d video(s)", len(todo), len(groups), len(data.videos)
     )
+    # described before any compute: a setting the backend rejects (an up block the UNet lacks) stops here
+    stages = [
+        SharedFeatureStage(
+            [members[0].config.features for members in group.settings],
+            group.settings[0][0].config.runtime.device,
+            group.settings[0][0].config.runtime.dtype,
+        )
+        for group in groups
+    ]
     clock = _Clock()
     bar = progress(None, total=len(grid.points), initial=resumed, desc="grid points", unit="point", position=0)
     try:
-        for group in groups:
-            shared = SharedFeatures([members[0].config for members in group.settings])
+        for group, shared in zip(groups, stages):
             for point in group.points:
                 dump_config(point.config, _point_dir(out_dir, grid, point) / "config.yaml")
             for video in data.videos:
@@ -241,7 +254,7 @@ def run_sweep(grid: Grid, data: Any, out_dir: str | Path, overwrite: bool = Fals
                 ]
                 if pending:
                     _run_pass(shared, video, pending, clock)
-            shared.log_cache_stats()
+            shared.log_stats()
             for point in group.points:
                 start = time.perf_counter()
                 folder = _point_dir(out_dir, grid, point)
