@@ -6,7 +6,7 @@
   checkpoint; ``lab``, a weight-free CIE-Lab colour baseline);
 - :mod:`~vidprop.features.stage`: :class:`FeatureStage`, what the pipeline uses: feature maps of
   frames through the on-disk cache (:mod:`~vidprop.features.cache`), the model built only on a
-  cache miss;
+  cache miss; :class:`SharedFeatureStage`, several settings from one model pass (sweeps);
 - :mod:`~vidprop.features.dift_sd`, :mod:`~vidprop.features.dift_adm`, :mod:`~vidprop.features.lab`:
   the backends (:mod:`~vidprop.features.unet_common`: what the diffusion backends share).
 
@@ -25,6 +25,7 @@ _EXPORTS = {
     "list_extractors": "base",
     "register_extractor": "base",
     "FeatureStage": "stage",
+    "SharedFeatureStage": "stage",
     "FeatureCache": "cache",
     "FeatureConfig": "config",
     "DiftConfig": "config",
