@@ -242,7 +242,8 @@ def run_sweep(grid: Grid, data: Any, out_dir: str | Path, overwrite: bool = Fals
     clock = _Clock()
     bar = progress(None, total=len(grid.points), initial=resumed, desc="grid points", unit="point", position=0)
     try:
-        for group, shared in zip(groups, stages):
+        for group in groups:
+            shared = stages.pop(0)  # dropped after its pass: one model in memory at a time
             for point in group.points:
                 dump_config(point.config, _point_dir(out_dir, grid, point) / "config.yaml")
             for video in data.videos:
@@ -255,6 +256,7 @@ def run_sweep(grid: Grid, data: Any, out_dir: str | Path, overwrite: bool = Fals
                 if pending:
                     _run_pass(shared, video, pending, clock)
             shared.log_stats()
+            del shared
             for point in group.points:
                 start = time.perf_counter()
                 folder = _point_dir(out_dir, grid, point)
