@@ -163,13 +163,24 @@ def test_result_fingerprint_follows_only_result_options():
     fp = result_fingerprint(base)
     same = [
         ["runtime.overwrite=true", "runtime.num_shards=4", "runtime.overlay=true"],
-        ["features.cache.dir=/tmp/cache", "data.prefetch=0"],
+        ["features.cache.dir=/tmp/cache", "features.cache.dtype=float32", "data.prefetch=0"],
+        ["features.cache.dtype=bfloat16"],  # no cache: its dtype is unused
     ]
     for overrides in same:
         assert result_fingerprint(base.with_overrides(overrides)) == fp, overrides
-    different = [["propagation.topk=10"], ["features.dift.timestep=101"], ["features.dift.seed=1"], ["features.backend=lab"]]
+    different = [
+        ["propagation.topk=10"], ["features.dift.timestep=101"], ["features.dift.seed=1"], ["features.backend=lab"],
+        ["features.cache.dir=/tmp/cache"],  # features come back rounded to float16
+        ["features.cache.dir=/tmp/cache", "features.cache.dtype=bfloat16"],
+    ]
     for overrides in different:
         assert result_fingerprint(base.with_overrides(overrides)) != fp, overrides
+    # where the cache is does not matter, its storage dtype does
+    cached = [f"features.cache.dir={d}" for d in ("/tmp/a", "/tmp/b")]
+    assert len({result_fingerprint(base.with_overrides([c])) for c in cached}) == 1
+    assert result_fingerprint(base.with_overrides([cached[0]])) != result_fingerprint(
+        base.with_overrides([cached[0], "features.cache.dtype=bfloat16"])
+    )
 
 
 def test_config_modules_import_without_torch_or_opencv():

@@ -250,6 +250,25 @@ def test_other_settings_or_overwrite_redo_complete_videos(seq_dir, tmp_path):
     assert statuses == ["done", "skipped", "done", "done"]
 
 
+def test_a_feature_cache_dtype_that_rounds_redoes_complete_videos(short_sequence, tmp_path):
+    # cached features come back rounded to the cache's dtype: a float16 cache changes these masks,
+    # so a complete output made without the cache is not taken for one made with it
+    root = short_sequence("dog", 8)
+    job = VideoJob("dog", frames_of(root, "dog"), first_mask_of(root, "dog"), tmp_path / "out")
+    plain = load_config(LAB, ["data.short_side=128", "runtime.device=cpu"])
+    cached = plain.with_overrides([f"features.cache.dir={tmp_path / 'cache'}"])
+    fresh = VideoJob("dog", frames_of(root, "dog"), first_mask_of(root, "dog"), tmp_path / "fresh")
+    run_videos([fresh], cached)
+    assert run_videos([job], plain).outcomes[0].status == "done"
+    written = {p.name: p.read_bytes() for p in sorted((tmp_path / "out").glob("*.png"))}
+    assert written != {p.name: p.read_bytes() for p in sorted((tmp_path / "fresh").glob("*.png"))}
+    assert run_videos([job], cached).outcomes[0].status == "done"
+    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "out").glob("*.png"))} == {
+        p.name: p.read_bytes() for p in sorted((tmp_path / "fresh").glob("*.png"))
+    }
+    assert run_videos([job], cached.with_overrides([f"features.cache.dir={tmp_path / 'elsewhere'}"])).outcomes[0].status == "skipped"
+
+
 def test_shards_cover_every_video_exactly_once(videos, tmp_path):
     names = [f"v{i}" for i in range(11)]
     shards = [select_shard(names, 3, i, key=str) for i in range(3)]

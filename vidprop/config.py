@@ -262,9 +262,12 @@ def dump_config(cfg: VidpropConfig, path: str | os.PathLike) -> Path:
 
 
 def result_fingerprint(cfg: VidpropConfig) -> str:
-    """A short hash of every option that changes the output masks (not runtime, cache or scoring).
+    """A short hash of every option that changes the output masks (not runtime, scoring or where
+    the feature cache is).
 
-    Used to tell whether a complete output folder was made with the same settings.
+    Used to tell whether a complete output folder was made with the same settings. Of the cache
+    it covers the storage dtype: features come back rounded to it (float32 storage and no cache
+    give the same features and the same hash).
     """
     data = to_dict(cfg)
     data.pop("runtime", None)
@@ -272,5 +275,8 @@ def result_fingerprint(cfg: VidpropConfig) -> str:
     data.get("data", {}).pop("prefetch", None)
     data.get("features", {}).pop("cache", None)
     data["dtype"] = cfg.runtime.dtype
+    cache = cfg.features.cache
+    if cache.dir is not None and cache.dtype != "float32":
+        data["feature_cache_dtype"] = cache.dtype
     text = json.dumps(_yaml_safe(data), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
