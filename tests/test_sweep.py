@@ -162,12 +162,21 @@ def test_tiny_sd_timestep_by_layer_grid_runs_one_unet_pass_per_frame_and_timeste
         passes.append((self.config.timestep, int(latents.shape[0])))
         return original(self, latents)
 
+    loads = []
+    original_init = DiftExtractor.__init__
+
+    def counting_loads(self, *args, **kwargs):
+        loads.append(1)
+        original_init(self, *args, **kwargs)
+
     monkeypatch.setattr(DiftExtractor, "unet_features", counting)
+    monkeypatch.setattr(DiftExtractor, "__init__", counting_loads)
     base = load_config(None, _tiny_sd_overrides(tiny_sd_dir))
     grid = build_grid(["features.dift.timestep=51,301", "features.dift.up_ft_index=1,2,[1,2]"], base)
     result = run_sweep(grid, DavisSweepData(root), tmp_path / "sweep")
     # batch_size 2 = the 2 ensemble members of one frame: one UNet call per frame and timestep, for all 3 layer settings
     assert sorted(passes) == [(51, 2)] * 4 + [(301, 2)] * 4
+    assert len(loads) == 1  # the model loaded once, for both timesteps
     assert len(result.results) == 6
     for point in grid.points:
         single = run_davis(root, tmp_path / f"single-{point.index}", point.config)

@@ -147,6 +147,12 @@ class Backend:
             with one builds an extractor for the merged value (``factory.merge(values)``) whose
             ``extract_shared(images, values)`` gives each value's features exactly as an
             extractor of that value alone (see :class:`~vidprop.features.stage.SharedFeatureStage`).
+
+    An extractor may also have ``reconfigure(config, device=, dtype=)``: an extractor of another
+    setting of its backend on the model it has loaded (exactly what building one from ``config``
+    gives), or None when that model cannot serve it; :meth:`FeatureStage.reuse
+    <vidprop.features.stage.FeatureStage.reuse>` uses it so that a sweep over timesteps loads
+    the model once.
     """
 
     name: str

@@ -338,16 +338,8 @@ class DiftExtractor(ExtractorBase):
     def _setup(self, config, spec, unet, vae, scheduler, prompt_embeds, device, dtype) -> None:
         from diffusers.models.attention_processor import AttnProcessor2_0
 
-        self.config = config
-        self.spec = spec
         self.device = torch.device(device)
         self.dtype = dtype
-        geometry = up_block_geometry(unet.config, vae.config)
-        layers = config.layers
-        self.layers = layers
-        self.batch_size = config.batch_size
-        self.layer_channels = tuple(geometry[i][0] for i in layers)
-        self.layer_strides = tuple(geometry[i][1] for i in layers)
         self.latent_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_channels = int(vae.config.latent_channels)
         self.scaling_factor = float(vae.config.scaling_factor)
@@ -358,24 +350,56 @@ class DiftExtractor(ExtractorBase):
             vae.post_quant_conv = None
         self.vae = to_device(vae, self.device, torch.float32).eval().requires_grad_(False)
 
-        last = max(layers)
-        for j in range(last + 1, len(unet.up_blocks)):
+        self._kept_blocks = max(config.layers) + 1  # the up blocks after the deepest requested one are dropped
+        for j in range(self._kept_blocks, len(unet.up_blocks)):
             unet.up_blocks[j] = Removed(f"unet.up_blocks.{j}")
         for part in ("conv_norm_out", "conv_act", "conv_out"):
             if getattr(unet, part, None) is not None:
                 setattr(unet, part, Removed(f"unet.{part}"))
         unet.set_attn_processor(AttnProcessor2_0())
         self.unet = to_device(unet, self.device, dtype).eval().requires_grad_(False)
-        self._capture = BlockCapture({i: self.unet.up_blocks[i] for i in layers}, stop_after=last)
-
         self.scheduler = scheduler
         self.prompt_embeds = prompt_embeds.to(self.device, dtype)
         gc.collect()
+        self._bind(config, spec)
+
+    def _bind(self, config: DiftConfig, spec: FeatureSpec) -> None:
+        """Set what depends on the setting rather than on the loaded model (see :meth:`reconfigure`)."""
+        self.config = config
+        self.spec = spec
+        geometry = up_block_geometry(self.unet.config, self.vae.config)
+        layers = config.layers
+        self.layers = layers
+        self.batch_size = config.batch_size
+        self.layer_channels = tuple(geometry[i][0] for i in layers)
+        self.layer_strides = tuple(geometry[i][1] for i in layers)
+        self._capture = BlockCapture({i: self.unet.up_blocks[i] for i in layers}, stop_after=max(layers))
         logger.info(
             "DIFT: up blocks %s (%s channels, strides %s), t=%d, ensemble %d, on %s in %s",
             list(layers), list(self.layer_channels), list(self.layer_strides),
-            config.timestep, config.ensemble_size, self.device, dtype_name(dtype),
+            config.timestep, config.ensemble_size, self.device, dtype_name(self.dtype),
         )
+
+    def reconfigure(
+        self, config: DiftConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> "DiftExtractor | None":
+        """An extractor of ``config`` on this extractor's loaded modules, or None when they cannot serve it.
+
+        They serve any setting of the same weights (model id, revision), prompt, device and dtype
+        whose up blocks were kept (none deeper than the deepest this extractor was built for):
+        another timestep, ensemble size, seed, batch size or up block. The result gives exactly
+        the features, and has the spec (cache key included), of an extractor built from
+        ``config``; this extractor stays usable (both share the modules, each captures its own
+        blocks).
+        """
+        same_model = (config.model_id, config.revision, config.prompt) == (self.config.model_id, self.config.revision, self.config.prompt)
+        if not same_model or torch.device(device) != self.device or dtype != self.dtype or max(config.layers) >= self._kept_blocks:
+            return None
+        other = type(self).__new__(type(self))
+        other.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_capture"})
+        weights = self.spec.cache_key.get("weights")
+        other._bind(config, _describe(config, dtype, self.unet.config, self.vae.config, weights))
+        return other
 
     # ---- noise -------------------------------------------------------------------------
 

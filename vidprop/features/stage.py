@@ -63,6 +63,7 @@ class FeatureStage:
         self.device = resolve_device(device)
         self.dtype = torch_dtype(dtype_name(dtype))
         self._extractor = extractor
+        self._reusable: FeatureExtractor | None = None
         self.spec: FeatureSpec = extractor.spec if extractor is not None else describe_extractor(self.config, dtype=self.dtype)
         cache = self.config.cache
         self.cache = None if cache.dir is None else FeatureCache(cache.dir, self.spec.cache_key, cache.dtype, self.spec.stride)
@@ -72,12 +73,33 @@ class FeatureStage:
         """Whether the backend's model has been built."""
         return self._extractor is not None
 
+    def reuse(self, extractor: FeatureExtractor | None) -> None:
+        """Offer an extractor (another setting's) whose loaded model this stage uses when it needs one,
+        if its backend can serve this stage's setting with it (``reconfigure``, see
+        :class:`~vidprop.features.base.Backend`); otherwise the offer is dropped before the model
+        is built, so two models are never held at once."""
+        self._reusable = extractor
+
+    def handover(self) -> FeatureExtractor | None:
+        """The extractor built, or else the one offered and not needed (a warm cache), or None: what
+        to offer the next stage when this one is done."""
+        return self._extractor if self._extractor is not None else self._reusable
+
     @property
     def extractor(self) -> FeatureExtractor:
         """The backend's extractor, built on first access (loading a model is expensive)."""
         if self._extractor is None:
-            logger.info("feature backend %s on %s (%s)", self.spec.name, self.device, dtype_name(self.dtype))
-            self._extractor = create_extractor(self.config, device=self.device, dtype=self.dtype)
+            offered, self._reusable = self._reusable, None
+            reconfigure = getattr(offered, "reconfigure", None)
+            if reconfigure is not None:
+                backend = get_backend(self.config.backend)
+                self._extractor = reconfigure(getattr(self.config, backend.config_field), device=self.device, dtype=self.dtype)
+            del offered, reconfigure
+            if self._extractor is not None:
+                logger.info("feature backend %s: the loaded model serves this setting too", self.spec.name)
+            else:
+                logger.info("feature backend %s on %s (%s)", self.spec.name, self.device, dtype_name(self.dtype))
+                self._extractor = create_extractor(self.config, device=self.device, dtype=self.dtype)
             if self._extractor.spec != self.spec:  # describe() and the built model must agree
                 raise VidpropError(f"backend {self.spec.name!r}: built {self._extractor.spec}, described {self.spec}")
         return self._extractor
@@ -205,6 +227,14 @@ class SharedFeatureStage:
     def loaded(self) -> bool:
         """Whether the model has been built."""
         return self._stage.loaded
+
+    def reuse(self, extractor: FeatureExtractor | None) -> None:
+        """Offer another pass's extractor, whose loaded model this pass uses if it can (see :meth:`FeatureStage.reuse`)."""
+        self._stage.reuse(extractor)
+
+    def handover(self) -> FeatureExtractor | None:
+        """What to offer the next pass: see :meth:`FeatureStage.handover`."""
+        return self._stage.handover()
 
     def _compute(self, images: torch.Tensor) -> Sequence[torch.Tensor]:
         with torch.inference_mode():

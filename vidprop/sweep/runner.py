@@ -5,7 +5,9 @@ section and the feature backend's shared option, e.g. DIFT's up block) and, with
 feature setting. For each pass and video, one stream of the video's features
 (:class:`~vidprop.features.stage.SharedFeatureStage`: one model pass per frame, each setting
 through its own feature-cache entries) feeds one
-:class:`~vidprop.pipeline.MaskPropagation` per point of the pass; each point's masks go to
+:class:`~vidprop.pipeline.MaskPropagation` per point of the pass. The model is loaded once for
+all passes it can serve (DIFT: other timesteps, :meth:`~vidprop.features.stage.FeatureStage.reuse`)
+and only when some feature is missing from the cache. Each point's masks go to
 ``<out>/points/<point>/<video>/<frame>.png`` with a completion marker per video. When a group's
 videos are done its points are scored, ``result.json`` is written per point, and ``sweep.csv``
 and ``best.yaml`` are rewritten. Plots come last.
@@ -241,9 +243,12 @@ def run_sweep(grid: Grid, data: Any, out_dir: str | Path, overwrite: bool = Fals
     ]
     clock = _Clock()
     bar = progress(None, total=len(grid.points), initial=resumed, desc="grid points", unit="point", position=0)
+    reusable = None  # the last pass's extractor: its loaded model serves the next pass when it can (another t)
     try:
         for group in groups:
             shared = stages.pop(0)  # dropped after its pass: one model in memory at a time
+            shared.reuse(reusable)
+            reusable = None
             for point in group.points:
                 dump_config(point.config, _point_dir(out_dir, grid, point) / "config.yaml")
             for video in data.videos:
@@ -256,6 +261,7 @@ def run_sweep(grid: Grid, data: Any, out_dir: str | Path, overwrite: bool = Fals
                 if pending:
                     _run_pass(shared, video, pending, clock)
             shared.log_stats()
+            reusable = shared.handover()
             del shared
             for point in group.points:
                 start = time.perf_counter()
