@@ -460,3 +460,59 @@ def test_bad_inputs_raise_shape_errors():
         prop.to_mask(torch.rand(2, *grid), 8, (48,))
     with pytest.raises(ShapeError, match="label channels"):
         prop.to_mask(torch.rand(300, 2, 2), 8, (16, 16))
+
+
+def _lab_frames(davis_root, seq: str, n: int, quantise: bool):
+    """Lab features of the first ``n`` real frames at 128 x 224 and the first mask on their grid;
+    ``quantise`` rounds the features so that many cells are equal (ties at the k-th value)."""
+    from PIL import Image
+
+    from vidprop.features import LabConfig, create_extractor
+
+    extractor = create_extractor(LabConfig())
+    frames = sorted((davis_root / "JPEGImages" / "480p" / seq).glob("*.jpg"))[:n]
+    images = torch.stack([
+        torch.from_numpy(np.array(Image.open(p).convert("RGB").resize((224, 128), Image.BILINEAR))).permute(2, 0, 1).float() / 127.5 - 1
+        for p in frames
+    ])
+    feats = list(extractor.extract(images).unbind(0))
+    if quantise:
+        feats = [f.mul(4).round().div(4) for f in feats]
+    grid = tuple(feats[0].shape[1:])
+    mask0 = np.asarray(Image.open(davis_root / "Annotations" / "480p" / seq / "00000.png"))
+    small = np.array(Image.fromarray((mask0 > 0).astype(np.uint8)).resize((grid[1], grid[0]), Image.NEAREST))
+    return feats, F.one_hot(torch.from_numpy(small).long(), 2).permute(2, 0, 1).float()
+
+
+@pytest.mark.skipif(not fused.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("quantise", [False, True])
+def test_shared_candidates_give_each_setting_its_separate_result_bit_for_bit(davis_root, monkeypatch, quantise):
+    # what vidprop sweep does for settings differing in topk and temperature: rank each frame's candidates once
+    from vidprop.propagation import SharedCandidates
+
+    feats, labels = _lab_frames(davis_root, "dog", 8, quantise)
+    base = PropagationConfig(n_last_frames=3, radius=6, backend="fused")
+    settings = [dict(topk=3, temperature=0.05), dict(topk=20, temperature=0.1), dict(topk=10, temperature=0.2),
+                dict(topk=10, temperature=0.05), dict(topk=5, temperature=0.2, radius=3)]  # the last: other context
+    configs = [dataclasses.replace(base, **s) for s in settings]
+
+    def run(config, shared=None):
+        prop = LabelPropagator(config, shared)
+        prop.reset(feats[0], labels)
+        return prop
+
+    separate = [[p.step(f) for f in feats[1:]] for p in (run(c) for c in configs)]
+    tied = []
+    original = fused.window_candidates
+    monkeypatch.setattr(fused, "window_candidates", lambda *a: tied.append(len(a[-1])) or original(*a))
+    shared = SharedCandidates()
+    props = [run(c, shared) for c in configs]
+    for i, f in enumerate(feats[1:]):
+        for j, prop in enumerate(props):  # in lockstep, as the sweep steps them
+            assert torch.equal(prop.step(f), separate[j][i]), (settings[j], i)
+    steps = len(feats) - 1
+    # per frame: the 4 settings with radius 6 rank once (3 reuse it), radius 3 ranks its own
+    assert (shared.computed, shared.reused) == (2 * steps, 3 * steps)
+    assert len({bytes(s[-1].numpy()) for s in separate}) == len(settings)  # the settings give different labels
+    # targets resolved by the tie fallback (real Lab cells tie now and then; quantised ones everywhere)
+    assert sum(tied) > (1000 if quantise else 0)

@@ -112,12 +112,18 @@ def test_lab_propagation_grid_equals_separate_davis_runs_and_extracts_each_frame
         return original(self, images)
 
     monkeypatch.setattr(LabExtractor, "extract", counting)
+    from vidprop.propagation import fused
+
+    ranked: list[int] = []
+    original_topk = fused.window_topk
+    monkeypatch.setattr(fused, "window_topk", lambda *a: ranked.append(a[4]) or original_topk(*a))
     out = tmp_path / "sweep"
     args = ["sweep", "--davis-root", str(three_sequences), "--config", LAB, *SMALL, "--out", str(out),
             "--grid", "propagation.topk=3,10,20", "--grid", "propagation.temperature=0.05,0.2"]
     assert cli.main(args) == 0
     capsys.readouterr()
     assert sum(extracted) == 3 * 6  # every frame of the 3 sequences once, for the 6 points
+    assert ranked == [21] * 3 * 5  # each propagated frame's candidates ranked once (top 20 + 1) for the 6 points
     rows = _csv_rows(out / "sweep.csv")
     assert [(r["propagation.topk"], r["propagation.temperature"]) for r in rows] == [
         ("3", "0.05"), ("3", "0.2"), ("10", "0.05"), ("10", "0.2"), ("20", "0.05"), ("20", "0.2")

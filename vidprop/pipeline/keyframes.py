@@ -225,11 +225,14 @@ class KeyframePropagation:
     Args:
         keyframes: the video's keyframes.
         config: the propagation setting (``config.backward`` decides phase 1).
+        shared: a :class:`~vidprop.propagation.SharedCandidates` for its propagators (several
+            settings through one video), or None.
     """
 
-    def __init__(self, keyframes: Keyframes, config: PropagationConfig):
+    def __init__(self, keyframes: Keyframes, config: PropagationConfig, shared: Any = None):
         self.keyframes = keyframes
         self.config = config
+        self.shared = shared
         self._forward = None
         self._channels = 0
 
@@ -254,7 +257,7 @@ class KeyframePropagation:
         from vidprop.propagation import LabelPropagator
 
         channels = 1 + len(keyframe.new_ids)
-        prop = LabelPropagator(self.config)
+        prop = LabelPropagator(self.config, self.shared)
         prop.reset(features, self._onehot(keyframe, channels, tuple(features.shape[-2:])).to(features.device))
         return prop, channels
 

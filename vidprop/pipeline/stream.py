@@ -63,17 +63,20 @@ class MaskPropagation:
     Args:
         masks: the first frame's mask (checked, of the frames' size), or the video's keyframes.
         config: the propagation setting.
+        shared: one :class:`~vidprop.propagation.SharedCandidates` for the propagations of a
+            video that differ only in ``topk`` and ``temperature`` (each frame's candidates are
+            then ranked once for all of them), or None.
 
     Feed it every frame of the video in order, starting with frame 0. Frames before the first
     keyframe are empty (background) with ``backward: false``; with backward filling they need
     the backward pass of :meth:`VideoPipeline.propagate_frames`, so feeding them here is an error.
     """
 
-    def __init__(self, masks: LabelMask | Keyframes, config: PropagationConfig):
+    def __init__(self, masks: LabelMask | Keyframes, config: PropagationConfig, shared: Any = None):
         if isinstance(masks, LabelMask):
             masks = as_keyframes(masks, masks.size)
         self.keyframes = masks
-        self.propagation = KeyframePropagation(masks, config)
+        self.propagation = KeyframePropagation(masks, config, shared)
 
     def step(self, frame: Frame, fmap: FeatureMap) -> PropagatedFrame:
         """The mask of ``frame``: a given mask itself (propagation starts at the first), else propagated.

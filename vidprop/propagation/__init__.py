@@ -11,6 +11,7 @@ from vidprop.lazy import lazy_exports
 _EXPORTS = {
     "PropagationConfig": "config",
     "LabelPropagator": "engine",
+    "SharedCandidates": "engine",
     "labels_to_mask": "engine",
 }
 __all__ = sorted(_EXPORTS)

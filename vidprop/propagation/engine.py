@@ -18,6 +18,8 @@ and its weights); :func:`_choose_backend` picks one:
 
 The fused backend returns each target's k+1 best candidates ranked by cosine; the affinities
 exp(cos / T), the tie check and the weights are computed here with torch, as the reference does.
+Propagators of one video whose settings differ only in ``topk`` and ``temperature`` rank the same
+candidates; with a :class:`SharedCandidates` they rank them once per frame (the fused backend).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from vidprop.propagation.config import PropagationConfig
 from vidprop.propagation.kernels import (BlockGrid, TilePlan, Workspace, from_blocks, normalize_cells,
                                          propagate_blocks, to_blocks)
 
-__all__ = ["LabelPropagator", "labels_to_mask", "MAX_CHANNELS", "FUSED_MAX_CHANNELS"]
+__all__ = ["LabelPropagator", "SharedCandidates", "labels_to_mask", "MAX_CHANNELS", "FUSED_MAX_CHANNELS"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +171,8 @@ class _TorchBackend(_Store):
     slot_dim = 2
 
     def __init__(self, cfg: PropagationConfig, grid_size: tuple[int, int], slots: int, channels: int, k: int,
-                 device: torch.device, dtype: torch.dtype):
-        self.cfg = cfg
+                 device: torch.device, dtype: torch.dtype, shared: "SharedCandidates | None" = None):
+        self.cfg = cfg  # (``shared`` is for the fused backend: its tiles rank and aggregate in one go)
         self.grid = BlockGrid(grid_size, cfg.block_size)
         nbr, nbc = self.grid.shape
         m = self.grid.cells
@@ -205,15 +207,17 @@ class _FusedBackend(_Store):
     slot_dim = 0
 
     def __init__(self, cfg: PropagationConfig, grid_size: tuple[int, int], slots: int, channels: int, k: int,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, shared: "SharedCandidates | None" = None):
         self.cfg = cfg
         self.size = grid_size
         h, w = grid_size
         self.features = torch.empty(slots, channels, h, w, dtype=dtype)
         self.labels = torch.empty(slots, h * w, k, dtype=dtype)
         self.threads = cfg.threads or fused.default_threads()
-        self.values = np.empty((h * w, cfg.topk + 1), dtype=np.float32)
-        self.index = np.empty((h * w, cfg.topk + 1), dtype=np.int64)
+        self.shared = shared
+        if shared is None:
+            self.values = np.empty((h * w, cfg.topk + 1), dtype=np.float32)
+            self.index = np.empty((h * w, cfg.topk + 1), dtype=np.int64)
 
     def store(self, slot: int, cells: Tensor, labels: Tensor) -> None:
         """Write normalised cells (h, w, C) and labels (h, w, K) into ``slot``."""
@@ -226,15 +230,74 @@ class _FusedBackend(_Store):
         query = cells.permute(2, 0, 1).contiguous().numpy()
         slots = np.asarray(active, dtype=np.int64)
         store = self.features.numpy()
-        fused.window_topk(query, store, slots, cfg.radius, cfg.topk + 1, self.values, self.index, self.threads)
+        if self.shared is None:
+            fused.window_topk(query, store, slots, cfg.radius, cfg.topk + 1, self.values, self.index, self.threads)
+            values, index = self.values, self.index
+        else:
+            values, index = self.shared.top(query, store, slots, cfg.radius, cfg.topk + 1, self.threads)
         labels = self.labels.view(-1, self.labels.shape[-1])
-        soft, ties = weights_from_top(torch.from_numpy(self.values), torch.from_numpy(self.index), labels,
+        soft, ties = weights_from_top(torch.from_numpy(values), torch.from_numpy(index), labels,
                                       cfg.topk, cfg.temperature)
         if ties.numel():
             cos, index = fused.window_candidates(query, store, slots, cfg.radius, ties.numpy())
             soft[ties] = threshold_candidates(torch.from_numpy(cos), torch.from_numpy(index), labels, cfg.topk,
                                               cfg.temperature)
         return soft.view(*self.size, -1)
+
+
+class SharedCandidates:
+    """Each frame's ranked candidates, computed once for several propagators of one video.
+
+    Propagators stepping through the same frames with the same features, ``n_last_frames`` and
+    ``radius`` hold the same context features and so the same cosines; only their labels (which
+    follow their own predictions), ``topk`` and ``temperature`` differ. The fused kernel's
+    top-kk list is a prefix of one ranking (cosine descending, equal cosines in the order the
+    kernel visits them; :func:`~vidprop.propagation.fused.window_topk`), so a setting's top-(k+1)
+    is the first k+1 entries of the top-(max k + 1). Give one instance to each
+    :class:`LabelPropagator` of the group (each reserves its ``topk``); the labels, weights and
+    tie fallback stay each propagator's own.
+
+    A propagator reuses the last ranking only when its query, context slots and the context
+    features of those slots are bitwise the ones it was computed from (checked at every step);
+    otherwise it ranks anew and keeps that. Results are those of separate propagators whatever
+    the grouping or the order of calls. Only the ``fused`` backend uses it; ``torch`` ignores it.
+
+    Attributes:
+        kk: entries ranked per target (the largest reserved ``topk`` + 1).
+        computed, reused: rankings computed and served again (counters, for tests and logs).
+    """
+
+    def __init__(self) -> None:
+        self.kk = 1
+        self.computed = 0
+        self.reused = 0
+        self._last: tuple | None = None
+
+    def reserve(self, topk: int) -> None:
+        """Make the rankings long enough for a propagator with this ``topk``."""
+        self.kk = max(self.kk, int(topk) + 1)
+
+    def top(self, query: np.ndarray, store: np.ndarray, slots: np.ndarray, radius: int, kk: int,
+            threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``kk`` entries of each target's ranking: what :func:`fused.window_topk` writes
+        for these arguments, as new C-contiguous (h*w, kk) float32 and int64 arrays."""
+        last = self._last
+        context = store[slots]  # a copy: the caller's store changes after its step
+        if not (last is not None and last[3] == radius and last[4].shape[1] >= kk and _same_bits(last[0], query)
+                and np.array_equal(last[1], slots) and _same_bits(last[2], context)):
+            width = max(self.kk, kk)
+            values = np.empty((query.shape[1] * query.shape[2], width), dtype=np.float32)
+            index = np.empty(values.shape, dtype=np.int64)
+            fused.window_topk(query, store, slots, radius, width, values, index, threads)
+            last = self._last = (query.copy(), slots.copy(), context, radius, values, index)
+            self.computed += 1
+        else:
+            self.reused += 1
+        return np.ascontiguousarray(last[4][:, :kk]), np.ascontiguousarray(last[5][:, :kk])
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
 
 
 def weights_from_top(values: Tensor, index: Tensor, labels: Tensor, topk: int, temperature: float) -> tuple[Tensor, Tensor]:
@@ -351,10 +414,18 @@ class LabelPropagator:
         >>> soft = prop.step(features)                    # (K, h, w) for the next frame
         >>> mask = prop.to_mask(soft, stride=8, size=(480, 854))
         >>> prop.add_keyframe(features_t, labels_t)       # a mask given at a later frame t
+
+    Args:
+        config: the propagation setting.
+        shared: one :class:`SharedCandidates` given to every propagator of a group that steps
+            through the same video (several settings in one pass: ``vidprop sweep``), or None.
     """
 
-    def __init__(self, config: PropagationConfig | None = None):
+    def __init__(self, config: PropagationConfig | None = None, shared: SharedCandidates | None = None):
         self.config = config or PropagationConfig()
+        self.shared = shared
+        if shared is not None:
+            shared.reserve(self.config.topk)
         self._backend = None
         self._slots: _Slots | None = None
         self._size: tuple[int, int] | None = None
@@ -402,7 +473,7 @@ class LabelPropagator:
         name = _choose_backend(cfg, device, dtype, channels)
         self._backend = None  # free the previous video's context before allocating
         slots = _Slots(window=cfg.n_last_frames)
-        backend = _BACKENDS[name](cfg, grid_size, 1 + slots.window, channels, k, device, dtype)
+        backend = _BACKENDS[name](cfg, grid_size, 1 + slots.window, channels, k, device, dtype, self.shared)
         cells = normalize_cells(first_features.to(device=device, dtype=dtype))
         backend.store(slots.add_permanent(), cells, first_labels.to(device=device, dtype=dtype).permute(1, 2, 0))
         self._backend, self._slots, self._size, self._channels = backend, slots, grid_size, channels

@@ -5,7 +5,9 @@ section and the feature backend's shared option, e.g. DIFT's up block) and, with
 feature setting. For each pass and video, one stream of the video's features
 (:class:`~vidprop.features.stage.SharedFeatureStage`: one model pass per frame, each setting
 through its own feature-cache entries) feeds one
-:class:`~vidprop.pipeline.MaskPropagation` per point of the pass. The model is loaded once for
+:class:`~vidprop.pipeline.MaskPropagation` per point of the pass; points of one feature setting
+that differ only in ``topk`` and ``temperature`` share each frame's ranked candidates
+(:class:`~vidprop.propagation.SharedCandidates`). The model is loaded once for
 all passes it can serve (DIFT: other timesteps, :meth:`~vidprop.features.stage.FeatureStage.reuse`)
 and only when some feature is missing from the cache. Each point's masks go to
 ``<out>/points/<point>/<video>/<frame>.png`` with a completion marker per video. When a group's
@@ -140,14 +142,19 @@ def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], 
     from vidprop.io.masks import read_mask, write_mask
     from vidprop.io.prefetch import prefetch
     from vidprop.pipeline import MaskPropagation, VideoPipeline
+    from vidprop.propagation import SharedCandidates
 
     source = video.source
     label_mask = read_mask(video.mask, expected_size=source.size)
     propagators = []
-    for point, folder, _ in todo:
+    # settings of one feature setting that differ only in topk and temperature rank each frame's candidates once
+    candidates: dict[tuple, SharedCandidates] = {}
+    for point, folder, setting in todo:
         folder.mkdir(parents=True, exist_ok=True)
         clear_complete(folder)
-        propagators.append(MaskPropagation(label_mask, VideoPipeline(point.config).propagation_config(video.n_last_frames)))
+        config = VideoPipeline(point.config).propagation_config(video.n_last_frames)
+        ranking = candidates.setdefault((setting, dataclasses.replace(config, topk=1, temperature=1.0)), SharedCandidates())
+        propagators.append(MaskPropagation(label_mask, config, ranking))
     points = [p for p, _, _ in todo]
     data = points[0].config.data
     frames = prefetch(source, data.resize_policy(), depth=data.prefetch)
@@ -176,6 +183,8 @@ def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], 
         bar.close()
     if count != len(source):
         raise VidpropError(f"{video.name}: read {count} of {len(source)} frames")
+    logger.debug("%s: candidates ranked %d times, served again %d times", video.name,
+                 sum(c.computed for c in candidates.values()), sum(c.reused for c in candidates.values()))
     for point, folder, _ in todo:
         mark_complete(folder, _marker(point, video, count))
 
