@@ -413,3 +413,24 @@ def test_an_up_block_the_unet_lacks_stops_the_sweep_before_any_compute(short_seq
         run_sweep(grid, DavisSweepData(short_sequence("car-shadow", 3)), tmp_path / "sweep")
     assert info.value.key == "features.dift.up_ft_index"
     assert not list((tmp_path / "sweep").rglob("*.png"))
+
+
+def test_a_grid_over_the_feature_cache_dtype_gives_each_point_its_own_rounding(davis_root, tmp_path):
+    # cached features come back rounded to the cache's dtype, which changes masks: a valid axis, one pass each
+    from vidprop.pipeline import run_davis
+    from vidprop.sweep import DavisSweepData, run_sweep
+
+    root = copy_short_sequence(davis_root, tmp_path / "davis", "dog", 8)
+    base = load_config(LAB, ["data.short_side=128", "runtime.device=cpu", f"features.cache.dir={tmp_path / 'cache'}"])
+    grid = build_grid(["features.cache.dtype=float16,bfloat16"], base)
+    result = run_sweep(grid, DavisSweepData(root), tmp_path / "sweep")
+    masks = []
+    for point in grid.points:
+        single = run_davis(root, tmp_path / f"single-{point.index}", point.config)
+        assert result.results[point.index].j_and_f == single.scores.j_and_f_mean
+        folder = tmp_path / "sweep" / "points" / point.name(grid.axes) / "dog"
+        assert _pngs(folder) == _pngs(tmp_path / f"single-{point.index}" / "dog"), point.values
+        masks.append(_pngs(folder))
+    assert masks[0] != masks[1]
+    with pytest.raises(ConfigError, match="does not change the masks"):  # without a cache the dtype is unused
+        build_grid(["features.cache.dtype=float16,bfloat16"], load_config(LAB))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -265,12 +266,14 @@ class SharedCandidates:
     Attributes:
         kk: entries ranked per target (the largest reserved ``topk`` + 1).
         computed, reused: rankings computed and served again (counters, for tests and logs).
+        seconds: wall time spent computing rankings (to share it out among the group).
     """
 
     def __init__(self) -> None:
         self.kk = 1
         self.computed = 0
         self.reused = 0
+        self.seconds = 0.0
         self._last: tuple | None = None
 
     def reserve(self, topk: int) -> None:
@@ -285,12 +288,14 @@ class SharedCandidates:
         context = store[slots]  # a copy: the caller's store changes after its step
         if not (last is not None and last[3] == radius and last[4].shape[1] >= kk and _same_bits(last[0], query)
                 and np.array_equal(last[1], slots) and _same_bits(last[2], context)):
+            start = time.perf_counter()
             width = max(self.kk, kk)
             values = np.empty((query.shape[1] * query.shape[2], width), dtype=np.float32)
             index = np.empty(values.shape, dtype=np.int64)
             fused.window_topk(query, store, slots, radius, width, values, index, threads)
             last = self._last = (query.copy(), slots.copy(), context, radius, values, index)
             self.computed += 1
+            self.seconds += time.perf_counter() - start
         else:
             self.reused += 1
         return np.ascontiguousarray(last[4][:, :kk]), np.ascontiguousarray(last[5][:, :kk])

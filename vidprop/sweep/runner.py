@@ -146,15 +146,18 @@ def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], 
 
     source = video.source
     label_mask = read_mask(video.mask, expected_size=source.size)
-    propagators = []
+    propagators, rankings = [], []
     # settings of one feature setting that differ only in topk and temperature rank each frame's candidates once
     candidates: dict[tuple, SharedCandidates] = {}
+    members: dict[int, list[GridPoint]] = {}
     for point, folder, setting in todo:
         folder.mkdir(parents=True, exist_ok=True)
         clear_complete(folder)
         config = VideoPipeline(point.config).propagation_config(video.n_last_frames)
         ranking = candidates.setdefault((setting, dataclasses.replace(config, topk=1, temperature=1.0)), SharedCandidates())
+        members.setdefault(id(ranking), []).append(point)
         propagators.append(MaskPropagation(label_mask, config, ranking))
+        rankings.append(ranking)
     points = [p for p, _, _ in todo]
     data = points[0].config.data
     frames = prefetch(source, data.resize_policy(), depth=data.prefetch)
@@ -169,11 +172,13 @@ def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], 
             except StopIteration:
                 break
             clock.charge(points, time.perf_counter() - start)
-            for (point, folder, setting), propagator in zip(todo, propagators):
-                start = time.perf_counter()
+            for (point, folder, setting), propagator, ranking in zip(todo, propagators, rankings):
+                start, ranked = time.perf_counter(), ranking.seconds
                 out = propagator.step(frame, per_setting[setting])
                 write_mask(folder / f"{frame.name}.png", out.mask, palette=label_mask.palette)
-                clock.charge([point], time.perf_counter() - start)
+                shared_seconds = ranking.seconds - ranked  # a ranking made for the whole group
+                clock.charge([point], time.perf_counter() - start - shared_seconds)
+                clock.charge(members[id(ranking)], shared_seconds)
             del per_setting
             count += 1
             bar.update(1)
