@@ -285,15 +285,15 @@ class SharedCandidates:
         """The first ``kk`` entries of each target's ranking: what :func:`fused.window_topk` writes
         for these arguments, as new C-contiguous (h*w, kk) float32 and int64 arrays."""
         last = self._last
-        context = store[slots]  # a copy: the caller's store changes after its step
         if not (last is not None and last[3] == radius and last[4].shape[1] >= kk and _same_bits(last[0], query)
-                and np.array_equal(last[1], slots) and _same_bits(last[2], context)):
+                and np.array_equal(last[1], slots) and all(_same_bits(c, store[s]) for c, s in zip(last[2], slots))):
             start = time.perf_counter()
             width = max(self.kk, kk)
             values = np.empty((query.shape[1] * query.shape[2], width), dtype=np.float32)
             index = np.empty(values.shape, dtype=np.int64)
             fused.window_topk(query, store, slots, radius, width, values, index, threads)
-            last = self._last = (query.copy(), slots.copy(), context, radius, values, index)
+            # copies: the caller's store changes after its step
+            last = self._last = (query.copy(), slots.copy(), store[slots], radius, values, index)
             self.computed += 1
             self.seconds += time.perf_counter() - start
         else:
