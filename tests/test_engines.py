@@ -166,3 +166,52 @@ def test_a_video_redone_after_a_killed_writer_leaves_no_temporaries(davis_root, 
     assert summary.exit_code == 0 and is_complete(out)
     assert not any(p.exists() for p in left)
     assert sorted(p.name for p in out.glob("*.png")) == ["00000.png", "00001.png", "00002.png"]
+
+
+# The driver of `--engine ray`, run in a fresh process with the engine replaced by one that records
+# what it is given: it plans from listings and headers (no torch, no video opened or decoded).
+_DRIVER = """
+import json, sys
+from vidprop import cli, engines
+from vidprop.pipeline.jobs import VideoOutcome
+
+given = {}
+
+def record(tasks, make_worker, config):
+    given.update({t.name: t.frames for t in tasks})
+    return engines.EngineResult({t.name: VideoOutcome(t.name, "done", frames=t.frames) for t in tasks})
+
+engines.ENGINES["ray"] = "__main__:record"
+code = cli.main(sys.argv[1:])
+heavy = ("torch", "cv2", "diffusers", "transformers", "vidprop.pipeline.inputs", "vidprop.pipeline.stream")
+print(json.dumps({"code": code, "given": given, "loaded": [m for m in heavy if m in sys.modules]}))
+"""
+
+
+def test_the_ray_driver_plans_from_listings_and_headers_without_torch(davis_root, tmp_path):
+    import json
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    from conftest import write_mp4
+
+    src, masks = tmp_path / "videos", tmp_path / "masks"
+    masks.mkdir()
+    for name, n in (("blackswan", 4), ("car-shadow", 6)):
+        (src / name).mkdir(parents=True)
+        for frame in sorted((davis_root / "JPEGImages" / "480p" / name).glob("*.jpg"))[:n]:
+            (src / name / frame.name).symlink_to(frame)
+        (masks / f"{name}.png").symlink_to(davis_root / "Annotations" / "480p" / name / "00000.png")
+    dog = sorted((davis_root / "JPEGImages" / "480p" / "dog").glob("*.jpg"))[:5]
+    write_mp4([np.asarray(Image.open(p).convert("RGB"))[::4, ::4] for p in dog], src / "dog.mp4")
+    Image.open(davis_root / "Annotations" / "480p" / "dog" / "00000.png").resize((214, 120), Image.NEAREST).save(masks / "dog.png")
+    args = ["propagate", str(src), "--masks", str(masks), "--out", str(tmp_path / "out"), "--config", LAB, "--engine", "ray"]
+    run = subprocess.run([sys.executable, "-c", _DRIVER, *args], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0
+    # lengths: a folder's listing, the mp4's header (the worker decodes it, not the driver)
+    assert result["given"] == {"blackswan": 4, "car-shadow": 6, "dog": 5}
+    assert result["loaded"] == []

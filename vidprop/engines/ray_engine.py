@@ -29,6 +29,7 @@ running ``<video>`` kill itself (SIGKILL) once ``n`` masks of it exist, on its f
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
@@ -182,7 +183,7 @@ def _kill_self_after(folder: Path, masks: int) -> None:
             if done >= masks:
                 logger.warning("%s: killing this worker after %d masks (%s)", folder.name, done, FAULT_ENV)
                 os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(0.002)
+            time.sleep(0.02)
 
     threading.Thread(target=watch, name="vidprop-test-kill", daemon=True).start()
 
@@ -196,9 +197,15 @@ class VideoActor:
         threads: torch intra-op threads (the actor's ``num_cpus``).
         log_level: the driver's vidprop log level (actor logs are forwarded to the driver).
         fault: the test hook's ``(video, masks)``, or None.
+        env: environment variables set before torch loads (thread counts, visible GPUs).
     """
 
-    def __init__(self, make_worker: WorkerFactory, config: Any, threads: int, log_level: int, fault: tuple[str, int] | None):
+    def __init__(
+        self, make_worker: WorkerFactory, config: Any, threads: int, log_level: int, fault: tuple[str, int] | None, env: dict[str, str]
+    ):
+        # Before torch (and OpenMP) load in this process; a runtime_env would do the same through Ray's
+        # runtime-env agent, at the cost of a dedicated worker process start per actor.
+        os.environ.update(env)
         import torch
 
         from vidprop.log import set_progress_enabled, set_verbosity
@@ -298,7 +305,6 @@ class _Driver:
             memory=plan.memory,
             max_restarts=0,
             max_task_retries=0,
-            runtime_env={"env_vars": env},
         )
         self.actor_args = (
             make_worker,
@@ -306,6 +312,7 @@ class _Driver:
             plan.cpus,
             logging.getLogger("vidprop").getEffectiveLevel(),
             _parse_fault(os.environ.get(FAULT_ENV)),
+            env,
         )
 
     # -- actors -------------------------------------------------------------------------------
@@ -471,11 +478,31 @@ def _connect(ray: Any, address: str | None) -> bool:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            # nothing big goes through the object store: keep its reservation at Ray's minimum-ish
-            ray.init(num_cpus=os.cpu_count(), object_store_memory=128 * _MIB, **kwargs)
+            with _environment(_LOCAL_RAY_ENV):
+                # nothing big goes through the object store: keep its reservation at Ray's minimum-ish
+                ray.init(num_cpus=os.cpu_count(), object_store_memory=128 * _MIB, **kwargs)
     except ConnectionError as exc:
         raise ConfigError(f"cannot connect to the Ray cluster at {address!r} ({_short(exc)})", key="runtime.ray.address") from None
     return True
+
+
+# Ray settings (read from RAY_<name> by the processes that ray.init starts; names a Ray version does
+# not know are ignored) for the local instance: Ray starts one idle worker per CPU ahead of the first
+# task, which actors never use (ours start their own process), so on a 16-CPU node that is 16
+# Python processes importing Ray for nothing.
+_LOCAL_RAY_ENV = {"RAY_prestart_worker_first_driver": "0"}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """Set environment variables that are not set already (the user's win), for the block only."""
+    added = {key: value for key, value in values.items() if key not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def run_ray(tasks: Sequence[Task], make_worker: WorkerFactory, config: Any) -> EngineResult:

@@ -14,72 +14,52 @@
   :func:`find_videos` + :func:`run_videos` is the folder runner;
 - :mod:`~vidprop.pipeline.davis`: :func:`run_davis` runs and scores a DAVIS split;
 - :mod:`~vidprop.pipeline.extract`: :func:`extract` fills the feature cache.
+
+Names load lazily: importing this package (or :mod:`~vidprop.pipeline.jobs`) loads no torch, so
+a Ray driver that only plans and dispatches videos never pays for it.
 """
 
-from vidprop.pipeline.davis import REFERENCE_CONTEXT_CAPS, DavisRun, davis_jobs, run_davis, score_davis
-from vidprop.pipeline.extract import extract
-from vidprop.pipeline.inputs import ArrayFrameSource, VideoInput, as_frame_source, as_label_mask, open_video
-from vidprop.pipeline.keyframes import Keyframe, KeyframePropagation, Keyframes, as_keyframes
-from vidprop.pipeline.jobs import (
-    CONFIG_FILE,
-    FeatureFiller,
-    JobWorker,
-    MaskWriter,
-    RunSummary,
-    VideoJob,
-    VideoOutcome,
-    completion_record,
-    extract_job,
-    find_videos,
-    is_finished,
-    job_inputs,
-    list_videos,
-    open_job,
-    resolve_runtime,
-    run_job,
-    run_jobs,
-    run_videos,
-    select_shard,
-)
-from vidprop.pipeline.stream import MaskPropagation, PropagatedFrame, VideoPipeline, propagate_video
+from vidprop.lazy import lazy_exports
 
-__all__ = [
-    "PropagatedFrame",
-    "MaskPropagation",
-    "VideoPipeline",
-    "propagate_video",
-    "VideoInput",
-    "open_video",
-    "ArrayFrameSource",
-    "as_frame_source",
-    "as_label_mask",
-    "Keyframe",
-    "Keyframes",
-    "KeyframePropagation",
-    "as_keyframes",
-    "VideoJob",
-    "VideoOutcome",
-    "RunSummary",
-    "CONFIG_FILE",
-    "list_videos",
-    "find_videos",
-    "select_shard",
-    "resolve_runtime",
-    "is_finished",
-    "completion_record",
-    "job_inputs",
-    "open_job",
-    "run_job",
-    "extract_job",
-    "JobWorker",
-    "MaskWriter",
-    "FeatureFiller",
-    "run_jobs",
-    "run_videos",
-    "DavisRun",
-    "REFERENCE_CONTEXT_CAPS",
-    "davis_jobs",
-    "run_davis",
-    "score_davis",
-    "extract",
-]
+_EXPORTS = {
+    "PropagatedFrame": "stream",
+    "MaskPropagation": "stream",
+    "VideoPipeline": "stream",
+    "propagate_video": "stream",
+    "VideoInput": "inputs",
+    "open_video": "inputs",
+    "ArrayFrameSource": "inputs",
+    "as_frame_source": "inputs",
+    "as_label_mask": "inputs",
+    "Keyframe": "keyframes",
+    "Keyframes": "keyframes",
+    "KeyframePropagation": "keyframes",
+    "as_keyframes": "keyframes",
+    "VideoJob": "jobs",
+    "VideoOutcome": "jobs",
+    "RunSummary": "jobs",
+    "CONFIG_FILE": "jobs",
+    "list_videos": "jobs",
+    "find_videos": "jobs",
+    "select_shard": "jobs",
+    "resolve_runtime": "jobs",
+    "is_finished": "jobs",
+    "completion_record": "jobs",
+    "job_inputs": "jobs",
+    "open_job": "jobs",
+    "run_job": "jobs",
+    "extract_job": "jobs",
+    "JobWorker": "jobs",
+    "MaskWriter": "jobs",
+    "FeatureFiller": "jobs",
+    "run_jobs": "jobs",
+    "run_videos": "jobs",
+    "DavisRun": "davis",
+    "REFERENCE_CONTEXT_CAPS": "davis",
+    "davis_jobs": "davis",
+    "run_davis": "davis",
+    "score_davis": "davis",
+    "extract": "extract",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

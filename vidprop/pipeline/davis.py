@@ -11,11 +11,13 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from vidprop.config import VidpropConfig, result_fingerprint
 from vidprop.pipeline.jobs import RunSummary, VideoJob, is_finished, resolve_runtime, run_videos
-from vidprop.pipeline.stream import VideoPipeline
+
+if TYPE_CHECKING:
+    from vidprop.pipeline.stream import VideoPipeline
 
 __all__ = ["DavisRun", "REFERENCE_CONTEXT_CAPS", "davis_jobs", "run_davis", "score_davis"]
 

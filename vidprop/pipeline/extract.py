@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from vidprop.config import VidpropConfig
 from vidprop.errors import ConfigError, InputError
 from vidprop.pipeline.jobs import FeatureFiller, RunSummary, VideoJob, list_videos, run_jobs
-from vidprop.pipeline.stream import VideoPipeline
+
+if TYPE_CHECKING:
+    from vidprop.pipeline.stream import VideoPipeline
 
 __all__ = ["extract"]
 

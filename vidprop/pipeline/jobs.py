@@ -40,12 +40,12 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from vidprop import __version__
 from vidprop.config import VidpropConfig, dump_config, result_fingerprint
 from vidprop.device import distributed_env
-from vidprop.engines import Task, failed_outcome, run_tasks
+from vidprop.engines import Task, run_tasks
 from vidprop.errors import ConfigError, MaskError, SourceError, VidpropError
 from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info, remove_stale_temporaries
 from vidprop.io.config import DataConfig
@@ -54,8 +54,10 @@ from vidprop.io.masks import check_mask_file, list_mask_files, write_mask
 from vidprop.io.outputs import changed_inputs, check_output_locations, input_identity, prepare_output_folder
 from vidprop.io.youtube_vos import is_youtube_vos, read_youtube_vos
 from vidprop.log import progress
-from vidprop.pipeline.inputs import VideoInput, open_video
-from vidprop.pipeline.stream import VideoPipeline
+
+if TYPE_CHECKING:  # torch loads with the pipeline, only where videos run (not in a Ray driver)
+    from vidprop.pipeline.inputs import VideoInput
+    from vidprop.pipeline.stream import VideoPipeline
 
 __all__ = [
     "CONFIG_FILE",
@@ -70,6 +72,7 @@ __all__ = [
     "completion_record",
     "job_inputs",
     "open_job",
+    "job_length",
     "run_job",
     "extract_job",
     "JobWorker",
@@ -393,7 +396,36 @@ def open_job(job: VideoJob, data: DataConfig | None = None) -> VideoInput:
     Raises:
         SourceError, MaskError: bad input, naming the file.
     """
+    from vidprop.pipeline.inputs import open_video
+
     return open_video(job.source, job.masks, data, first_appearance=job.first_appearance, name=job.name)
+
+
+def job_length(job: VideoJob) -> int:
+    """``job``'s length in frames as far as it is known without opening the video: for ordering
+    work (the Ray engine dispatches the longest first), never for checking it.
+
+    An opened source (a DAVIS sequence, a YouTube-VOS video) gives its length; a folder of frames
+    is listed (no file is read); a video file gives its container's frame count
+    (:func:`~vidprop.io.video.frame_count_hint`, from the header; no frame is decoded). 0 when
+    unknown (a missing or unreadable source: whoever runs the job reports it).
+    """
+    source = job.source
+    if hasattr(source, "__len__"):
+        return len(source)
+    path = Path(source)
+    try:
+        if path.is_dir():
+            from vidprop.io.image_folder import list_frame_files
+
+            return len(list_frame_files(path))
+        if is_video_file(path):
+            from vidprop.io.video import frame_count_hint
+
+            return frame_count_hint(path) or 0
+    except OSError:
+        pass
+    return 0
 
 
 def run_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:
@@ -472,6 +504,8 @@ def extract_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:
     Raises:
         SourceError: bad input.
     """
+    from vidprop.pipeline.inputs import open_video
+
     video = open_video(job.source, data=pipeline.config.data)
     start, count = time.perf_counter(), 0
     for _ in progress(pipeline.frames_with_features(video), total=len(video.source), desc=job.name, unit="frame", leave=False):
@@ -500,6 +534,8 @@ class JobWorker:
     def __call__(self, job: VideoJob) -> VideoOutcome:
         """Run ``job``; raises on failure."""
         if self.pipeline is None:
+            from vidprop.pipeline.stream import VideoPipeline
+
             self.pipeline = VideoPipeline(self.config)
         return type(self).work(job, self.pipeline)
 
@@ -560,9 +596,9 @@ def run_jobs(
     The effective config is written as ``config.yaml`` into each of ``config_dirs``. Jobs for
     which ``skip(job)`` holds are reported "skipped" without being dispatched. A failing job is
     logged and reported, and the others go on, unless ``runtime.fail_fast`` (then its error is
-    raised). Engines other than ``local`` need each video's length up front (the Ray engine runs
-    the longest first): their jobs are opened and checked here once more, so that bad input
-    fails before a worker starts.
+    raised). Engines other than ``local`` get each video's length (:func:`job_length`: a listing
+    or a header, the Ray engine runs the longest first); the videos are opened and checked by
+    the workers only, once, so bad input fails there (not retried: exit code 2).
 
     Args:
         worker: :class:`MaskWriter` (default) or :class:`FeatureFiller`.
@@ -600,20 +636,15 @@ def run_jobs(
             logger.info("%s: already complete, skipping (--overwrite redoes it)", job.name)
             outcomes[job.name] = VideoOutcome(job.name, "skipped")
             continue
-        frames = 0
-        if rt.engine != "local":
-            try:
-                frames = len(open_job(job, config.data).source)
-            except Exception as exc:  # noqa: BLE001 - reported per video, the others go on
-                if rt.fail_fast:
-                    raise
-                outcomes[job.name] = failed_outcome(job.name, exc)
-                continue
+        # only the Ray engine orders by length; its driver opens no video (each is opened once, by its worker)
+        frames = job_length(job) if rt.engine != "local" else 0
         tasks.append(Task(job.name, job, frames, _own_folders(job)))
     reused = pipeline.with_config(config) if pipeline is not None else None
     if tasks and rt.engine == "local":
         # Describe the feature stage once, before any video: a missing model stops the run here
         # with one message (not once per video), before any folder is made.
+        from vidprop.pipeline.stream import VideoPipeline
+
         reused = reused if reused is not None else VideoPipeline(config)
         reused.features
     for folder in config_dirs:

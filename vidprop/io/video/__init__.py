@@ -1,7 +1,8 @@
 """Video files: the frame source, the decoding probe, the display orientation and the readers.
 
 - :mod:`.source`: :class:`VideoFileSource`, the :class:`~vidprop.io.frames.FrameSource` of a file;
-- :mod:`.probe`: :func:`probe_video`, one decoding pass giving the exact frame count, size and orientation;
+- :mod:`.probe`: :func:`probe_video`, one decoding pass giving the exact frame count, size and orientation
+  (:func:`frame_count_hint`: the container's count, from the header alone);
 - :mod:`.orientation`: :class:`Orientation`, FFmpeg's display-matrix rules as rotation + mirror;
 - :mod:`.readers`: the registry of decoders behind ``data.video_backend`` (pyav, decord, opencv).
 
@@ -18,6 +19,7 @@ _EXPORTS = {
     "VIDEO_BACKENDS": "readers",
     "VideoFileSource": "source",
     "VideoInfo": "probe",
+    "frame_count_hint": "probe",
     "probe_video": "probe",
     "resolve_backend": "readers",
 }

@@ -19,7 +19,7 @@ import numpy as np
 from vidprop.errors import SourceError
 from vidprop.io.video.orientation import Orientation, UnsupportedRotation
 
-__all__ = ["VideoInfo", "probe_video"]
+__all__ = ["VideoInfo", "probe_video", "frame_count_hint"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,35 @@ def probe_video(path: str | Path) -> VideoInfo:
     except OSError as exc:
         raise SourceError(f"cannot read video file ({exc.strerror or exc})", path) from exc
     return _probe(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+def frame_count_hint(path: str | Path) -> int | None:
+    """The frame count that ``path``'s container states (or its duration x average frame rate),
+    read from the header without decoding: a hint for ordering work (the Ray engine dispatches
+    the longest videos first), never the count a reader yields (that is :func:`probe_video`'s).
+
+    Returns:
+        The hint, or None when the container states neither, or the file cannot be opened
+        (the error is for whoever opens the video to report).
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            streams = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
+            if not streams:
+                return None
+            stream = streams[0]
+            if stream.frames:
+                return int(stream.frames)
+            rate = stream.average_rate or stream.guessed_rate
+            if stream.duration and stream.time_base and rate:
+                return max(1, round(float(stream.duration * stream.time_base * rate)))
+            if container.duration and rate:
+                return max(1, round(container.duration / av.time_base * float(rate)))
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError):
+        return None
+    return None
 
 
 def _display_matrix(frame) -> np.ndarray | None:
