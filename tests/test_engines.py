@@ -215,3 +215,19 @@ def test_the_ray_driver_plans_from_listings_and_headers_without_torch(davis_root
     # lengths: a folder's listing, the mp4's header (the worker decodes it, not the driver)
     assert result["given"] == {"blackswan": 4, "car-shadow": 6, "dog": 5}
     assert result["loaded"] == []
+
+
+def _never_called(tasks, make_worker, config):
+    raise AssertionError("the engine was started")
+
+
+def test_the_ray_engine_refuses_outputs_inside_inputs_before_starting(davis_root, tmp_path, monkeypatch, caplog):
+    from vidprop.engines import ENGINES
+
+    monkeypatch.setitem(ENGINES, "ray", f"{__name__}:_never_called")
+    root = copy_short_sequence(davis_root, tmp_path / "davis", "car-shadow", 3)
+    frames = root / "JPEGImages" / "480p" / "car-shadow"
+    mask = root / "Annotations" / "480p" / "car-shadow" / "00000.png"
+    code = cli.main(["propagate", str(frames), "--mask", str(mask), "--out", str(frames / "out"), "--config", LAB, "--engine", "ray"])
+    assert code == 2 and "the output folder is inside the frames folder" in caplog.text
+    assert not (frames / "out").exists()

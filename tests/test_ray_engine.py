@@ -1,8 +1,9 @@
 """The Ray engine end to end on a local Ray cluster: 2 actors, 3 short DAVIS sample videos.
 
 Same masks as the plain run; an actor killed (SIGKILL) partway through a video is replaced and
-the video redone once; no temporary or partial file is left; a rerun does no work; a video with
-bad input fails once, without retries, with exit code 2. CI runs this file with VIDPROP_SLOW=1
+the video redone once; no temporary or partial file is left; a rerun does no work; a changed mask
+redoes its video only (the local engine's resume rules: both run the same per-video function); a
+video with bad input fails once, without retries, with exit code 2. CI runs this file with VIDPROP_SLOW=1
 (see .ci/run).
 """
 
@@ -20,7 +21,7 @@ from PIL import Image
 ray = pytest.importorskip("ray")
 
 from vidprop import cli  # noqa: E402
-from vidprop.engines.ray_engine import FAULT_ENV  # noqa: E402
+from vidprop.engines.ray_engine import FAULT_ENV, start_local_ray  # noqa: E402
 from vidprop.io.atomic import COMPLETE_MARKER  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -35,7 +36,7 @@ KILLED, KILL_AFTER = "dog", 3
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One local Ray instance for the module (the engine uses the one already initialised)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, object_store_memory=128 * 1024**2)
+    start_local_ray(num_cpus=2)
     yield
     ray.shutdown()
 
@@ -105,26 +106,32 @@ def test_ray_engine_end_to_end(ray_cluster, davis_root, tmp_path, monkeypatch, c
     assert "0 video(s) done (0 frames), 3 already complete, 0 failed" in capsys.readouterr().out
     assert not _messages(caplog, " started (") and not _messages(caplog, "Ray engine:")
     after = _files(out)
-    before.pop(Path("config.yaml")), after.pop(Path("config.yaml"))  # the effective config is rewritten each run
+    assert after.pop(Path("config.yaml")) and before.pop(Path("config.yaml"))  # the effective config is rewritten each run
     assert after == before
 
-    # bad input partway through a video: reported failed, not retried, exit code 2
-    bad_src, bad_masks = _copy_videos(davis_root, tmp_path / "bad", {"goat": 6})
+    # the local engine's resume rules: a changed mask redoes its video, the others are skipped; and bad input
+    # partway through a video added now: reported failed, not retried, exit code 2
+    shutil.copy2(davis_root / "Annotations" / "480p" / "car-shadow" / "00001.png", masks / "car-shadow.png")
+    _copy_videos(davis_root, tmp_path, {"goat": 6})
     # frame 3 becomes a PNG whose compressed data is damaged: its header and end chunk are fine (the
     # checks on opening pass), so the video fails only when the worker decodes that frame
-    frame = bad_src / "goat" / "00003.jpg"
+    frame = src / "goat" / "00003.jpg"
     png = io.BytesIO()
     Image.open(frame).save(png, format="PNG")
     data = bytearray(png.getvalue())
     data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
     frame.unlink()
-    (bad_src / "goat" / "00003.png").write_bytes(bytes(data))
+    (src / "goat" / "00003.png").write_bytes(bytes(data))
     caplog.clear()
-    args = ["propagate", str(bad_src), "--masks", str(bad_masks), "--out", str(tmp_path / "bad-out"), *FAST]
-    assert cli.main([*args, "--engine", "ray", "--workers", "1"]) == 2
+    assert cli.main([*ray_args[:-1], "1"]) == 2  # --workers 1
     printed = capsys.readouterr().out
+    assert "1 video(s) done (5 frames), 2 already complete, 1 failed" in printed
     assert "FAILED goat:" in printed and "00003.png: cannot decode image" in printed
-    assert len(_messages(caplog, "goat started (")) == 1
+    assert _messages(caplog, "car-shadow: complete but stale, redoing it: the mask changed")
+    assert sorted(m.split(": ")[1].split(" started")[0] for m in _messages(caplog, " started (")) == ["car-shadow", "goat"]
     assert _messages(caplog, "goat failed (not retried")
-    assert not (tmp_path / "bad-out" / "goat" / COMPLETE_MARKER).exists()
-    assert not _temporaries(tmp_path / "bad-out")
+    assert not (out / "goat" / COMPLETE_MARKER).exists() and (out / "car-shadow" / COMPLETE_MARKER).exists()
+    assert not _temporaries(out)
+    after = _files(out)
+    for name in ("dog", "blackswan"):
+        assert {p: t for p, t in after.items() if p.parts[0] == name} == {p: t for p, t in before.items() if p.parts[0] == name}

@@ -42,7 +42,7 @@ from typing import Any, Sequence
 from vidprop.engines import EngineResult, Task, WorkerFactory, failed_outcome
 from vidprop.errors import ConfigError, InputError, VidpropError
 
-__all__ = ["WorkerPlan", "plan_workers", "run_ray", "VideoActor", "FAULT_ENV"]
+__all__ = ["WorkerPlan", "plan_workers", "run_ray", "start_local_ray", "VideoActor", "FAULT_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -473,17 +473,35 @@ def _connect(ray: Any, address: str | None) -> bool:
         if address:
             logger.info("Ray is already initialised in this process; using it (runtime.ray.address %r not used)", address)
         return False
-    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    if not address:
+        start_local_ray()
+        return True
     try:
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            with _environment(_LOCAL_RAY_ENV):
-                # nothing big goes through the object store: keep its reservation at Ray's minimum-ish
-                ray.init(num_cpus=os.cpu_count(), object_store_memory=128 * _MIB, **kwargs)
+        ray.init(address=address, **_INIT_OPTIONS)
     except ConnectionError as exc:
         raise ConfigError(f"cannot connect to the Ray cluster at {address!r} ({_short(exc)})", key="runtime.ray.address") from None
     return True
+
+
+_INIT_OPTIONS: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+
+
+def start_local_ray(num_cpus: int | None = None) -> None:
+    """Start the local Ray instance of a run without ``runtime.ray.address`` in this process.
+
+    No dashboard, an object store of 128 MiB (nothing big goes through it: jobs and outcomes
+    only), and no idle workers started ahead (see ``_LOCAL_RAY_ENV``). Stop it with
+    ``ray.shutdown()``.
+
+    Args:
+        num_cpus: CPUs the instance offers (None = all of this machine's).
+
+    Raises:
+        ConfigError: Ray is not installed.
+    """
+    ray = _import_ray()
+    with _environment(_LOCAL_RAY_ENV):
+        ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=128 * _MIB, **_INIT_OPTIONS)
 
 
 # Ray settings (read from RAY_<name> by the processes that ray.init starts; names a Ray version does
