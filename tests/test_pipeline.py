@@ -378,6 +378,25 @@ def test_run_job_runs_one_video_end_to_end_whatever_the_sharding(seq_dir, tmp_pa
     assert run_job(job, pipe).status == "skipped"
 
 
+def test_job_length_lists_folders_and_reads_video_headers(videos, tmp_path, davis_root):
+    import dataclasses
+
+    from vidprop.io.davis import DavisDataset
+    from vidprop.pipeline import davis_jobs
+    from vidprop.pipeline.jobs import job_length
+
+    src, masks = videos
+    jobs = {job.name: job for job in find_videos(src, tmp_path / "out", masks_dir=masks)}
+    assert {name: job_length(job) for name, job in jobs.items()} == {"blackswan": 4, "car-shadow": 4, "dog": 4}
+    # a path given as a string is a path (not a sequence of characters); an opened source gives its length
+    assert job_length(dataclasses.replace(jobs["dog"], source=str(src / "dog.mp4"))) == 4
+    davis = davis_jobs(DavisDataset(davis_root), tmp_path / "davis-out", ["dog"])[0]
+    assert job_length(davis) == len(list((davis_root / "JPEGImages" / "480p" / "dog").glob("*.jpg")))
+    # a file that is no video: unknown (0); the worker that opens it reports the error
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    assert job_length(dataclasses.replace(jobs["dog"], source=tmp_path / "broken.mp4")) == 0
+
+
 def test_each_job_opens_its_frames_and_reads_its_mask_once(videos, tmp_path, monkeypatch):
     import vidprop.pipeline.inputs as inputs
     from vidprop.io.image_folder import ImageFolderSource

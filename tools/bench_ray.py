@@ -18,6 +18,8 @@ ray / plain of the medians over repetitions. The ray run's log gives the dispatc
 Examples:
     python tools/bench_ray.py                                  # 13 sample sequences, 24 frames each
     python tools/bench_ray.py --frames 0 --reps 3              # every frame (934)
+    python tools/bench_ray.py --frames 10,40,0                 # how the fixed cost amortises
+    python tools/bench_ray.py --frames 0 --copies 2            # every frame, each sequence twice (1868)
 """
 
 from __future__ import annotations
@@ -109,17 +111,23 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _small_root(davis_root: Path, dest: Path, sequences: list[str], frames: int) -> None:
-    """A DAVIS root of symlinks to the first ``frames`` frames (0 = all) of each sequence."""
-    for sub, pattern in (("JPEGImages", "*.jpg"), ("Annotations", "*.png")):
-        for seq in sequences:
-            out = dest / sub / "480p" / seq
-            out.mkdir(parents=True)
-            files = sorted((davis_root / sub / "480p" / seq).glob(pattern))
-            for f in files[:frames] if frames else files:
-                (out / f.name).symlink_to(f.resolve())
+def _small_root(davis_root: Path, dest: Path, sequences: list[str], frames: int, copies: int = 1) -> list[str]:
+    """A DAVIS root of symlinks to the first ``frames`` frames (0 = all) of each sequence, each
+    ``copies`` times (``<seq>``, ``<seq>-2``, ...: a larger job of the same videos). Returns its sequences."""
+    names = []
+    for seq in sequences:
+        for copy in range(1, copies + 1):
+            name = seq if copy == 1 else f"{seq}-{copy}"
+            names.append(name)
+            for sub, pattern in (("JPEGImages", "*.jpg"), ("Annotations", "*.png")):
+                out = dest / sub / "480p" / name
+                out.mkdir(parents=True)
+                files = sorted((davis_root / sub / "480p" / seq).glob(pattern))
+                for f in files[:frames] if frames else files:
+                    (out / f.name).symlink_to(f.resolve())
     (dest / "ImageSets" / "2017").mkdir(parents=True)
-    (dest / "ImageSets" / "2017" / "val.txt").write_text("\n".join(sequences) + "\n")
+    (dest / "ImageSets" / "2017" / "val.txt").write_text("\n".join(names) + "\n")
+    return names
 
 
 def _run(mode: str, root: Path, out: Path, args) -> dict:
@@ -162,11 +170,51 @@ def _median(values: list[float]) -> float:
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
+def _bench_size(args, sequences: list[str], size: int, tmp: Path) -> dict:
+    """Interleaved repetitions of both modes on the first ``size`` frames (0 = all) of each sequence."""
+    root = tmp / f"davis-{size}"
+    names = _small_root(args.davis_root, root, sequences, size, args.copies)
+    frames = sum(len(list((root / "JPEGImages" / "480p" / s).iterdir())) for s in names)
+    print(f"{len(names)} sequences, {frames} frames, short side {args.short_side}, {args.threads} thread(s); "
+          f"load average before: {os.getloadavg()}", flush=True)
+    results = []
+    for rep in range(args.reps):
+        for mode in ("plain", "ray"):
+            result = _run(mode, root, tmp / f"{mode}-{size}-{rep}", args)
+            result["rep"] = rep
+            results.append(result)
+            print(f"  rep {rep} {mode:5s}: wall {result['wall_s']:7.2f} s  cpu {result['cpu_s']:7.2f} s "
+                  f"({result['processes']} processes; waited-for rusage {result['rusage_s']:.2f} s)", flush=True)
+    same = _same_masks(tmp / f"plain-{size}-0", tmp / f"ray-{size}-0")
+    med = {m: {k: _median([r[k] for r in results if r["mode"] == m]) for k in ("wall_s", "cpu_s")} for m in ("plain", "ray")}
+    summary = {
+        "frames_per_sequence": size, "videos": len(names), "frames": frames, "median": med,
+        "overhead_cpu_s": med["ray"]["cpu_s"] - med["plain"]["cpu_s"],
+        "cpu_ratio": med["ray"]["cpu_s"] / med["plain"]["cpu_s"],
+        "wall_ratio": med["ray"]["wall_s"] / med["plain"]["wall_s"],
+        "masks_identical": same,
+        "dispatch_order": next(r["order"] for r in results if r["mode"] == "ray"),
+        "load_average_after": os.getloadavg(),
+        "runs": results,
+    }
+    print(f"  median cpu: plain {med['plain']['cpu_s']:.2f} s, ray {med['ray']['cpu_s']:.2f} s -> ratio {summary['cpu_ratio']:.3f} "
+          f"(+{summary['overhead_cpu_s']:.2f} s)")
+    print(f"  median wall: plain {med['plain']['wall_s']:.2f} s, ray {med['ray']['wall_s']:.2f} s -> ratio {summary['wall_ratio']:.3f}")
+    last_ray = [r for r in results if r["mode"] == "ray"][-1]["cpu_by_process"]
+    print("  ray run's CPU by process: " + ", ".join(f"{name} {cpu:.1f} s" for name, cpu in last_ray.items()))
+    print(f"  masks identical: {same}; dispatch order (frames): {summary['dispatch_order']}")
+    print(f"  load average after: {summary['load_average_after']}", flush=True)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--davis-root", type=Path, default=REPO.parent / "shared" / "davis-sample")
     parser.add_argument("--sequences", default=None, help="comma-separated (default: the split's val list)")
-    parser.add_argument("--frames", type=int, default=24, help="first N frames of each sequence (0 = all)")
+    parser.add_argument("--frames", default="24",
+                        help="first N frames of each sequence (0 = all); several sizes comma-separated (10,40,0) "
+                             "show how the fixed cost amortises")
+    parser.add_argument("--copies", type=int, default=1, help="run each sequence this many times (as <seq>-2, ...)")
     parser.add_argument("--short-side", type=int, default=224, help="data.short_side (a multiple of 32)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the plain run and of the Ray actor")
     parser.add_argument("--reps", type=int, default=2, help="interleaved repetitions of each mode")
@@ -175,43 +223,21 @@ def main(argv: list[str] | None = None) -> int:
     if not Path("/proc/self/stat").exists():
         raise SystemExit("needs Linux /proc to count the CPU time of Ray's processes")
     sequences = args.sequences.split(",") if args.sequences else (args.davis_root / "ImageSets" / "2017" / "val.txt").read_text().split()
-    results = []
+    sizes = [int(n) for n in args.frames.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
-        root = Path(tmp) / "davis"
-        _small_root(args.davis_root, root, sequences, args.frames)
-        frames = sum(len(list((root / "JPEGImages" / "480p" / s).iterdir())) for s in sequences)
-        print(f"{len(sequences)} sequences, {frames} frames, short side {args.short_side}, {args.threads} thread(s); "
-              f"load average before: {os.getloadavg()}", flush=True)
-        for rep in range(args.reps):
-            for mode in ("plain", "ray"):
-                result = _run(mode, root, Path(tmp) / f"{mode}-{rep}", args)
-                result["rep"] = rep
-                results.append(result)
-                print(f"  rep {rep} {mode:5s}: wall {result['wall_s']:7.2f} s  cpu {result['cpu_s']:7.2f} s "
-                      f"({result['processes']} processes; waited-for rusage {result['rusage_s']:.2f} s)", flush=True)
-        same = _same_masks(Path(tmp) / "plain-0", Path(tmp) / "ray-0")
-    med = {m: {k: _median([r[k] for r in results if r["mode"] == m]) for k in ("wall_s", "cpu_s")} for m in ("plain", "ray")}
+        sizes_done = [_bench_size(args, sequences, size, Path(tmp)) for size in sizes]
     summary = {
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "sequences": len(sequences), "frames": frames, "short_side": args.short_side, "threads": args.threads,
-        "reps": args.reps, "median": med,
-        "cpu_ratio": med["ray"]["cpu_s"] / med["plain"]["cpu_s"],
-        "wall_ratio": med["ray"]["wall_s"] / med["plain"]["wall_s"],
-        "masks_identical": same,
-        "dispatch_order": next(r["order"] for r in results if r["mode"] == "ray"),
-        "load_average_after": os.getloadavg(),
-        "runs": results,
+        "sequences": len(sequences), "copies": args.copies, "short_side": args.short_side, "threads": args.threads, "reps": args.reps,
+        "sizes": sizes_done,
     }
-    print(f"median cpu: plain {med['plain']['cpu_s']:.2f} s, ray {med['ray']['cpu_s']:.2f} s -> ratio {summary['cpu_ratio']:.3f}")
-    print(f"median wall: plain {med['plain']['wall_s']:.2f} s, ray {med['ray']['wall_s']:.2f} s -> ratio {summary['wall_ratio']:.3f}")
-    last_ray = [r for r in results if r["mode"] == "ray"][-1]["cpu_by_process"]
-    print("ray run's CPU by process: " + ", ".join(f"{name} {cpu:.1f} s" for name, cpu in last_ray.items()))
-    print(f"masks identical: {same}")
-    print(f"dispatch order (frames): {summary['dispatch_order']}")
-    print(f"load average after: {summary['load_average_after']}")
+    print("videos | frames | plain CPU s | ray CPU s | overhead CPU s | CPU ratio | wall ratio | masks identical")
+    for r in sizes_done:
+        print(f"{r['videos']:6d} | {r['frames']:6d} | {r['median']['plain']['cpu_s']:11.2f} | {r['median']['ray']['cpu_s']:9.2f} | "
+              f"{r['overhead_cpu_s']:14.2f} | {r['cpu_ratio']:9.3f} | {r['wall_ratio']:10.3f} | {r['masks_identical']}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
-    return 0 if same else 1
+    return 0 if all(r["masks_identical"] for r in sizes_done) else 1
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ per video it batches many videos per block and retries a crashing video without 
   Ray would give it ``OMP_NUM_THREADS=1`` otherwise), ``num_gpus`` (an actor without GPUs gets
   ``CUDA_VISIBLE_DEVICES=""`` and the CPU device; one with GPUs uses the first GPU Ray made
   visible to it) and ``memory`` (so Ray places no more actors on a node than fit).
+- **A light driver.** The driver imports neither torch nor a video reader's decoder: it plans
+  the queue from folder listings and video headers (:func:`~vidprop.pipeline.jobs.job_length`),
+  and each video is opened and checked once, by the actor that runs it. The actors set their
+  own environment (threads, visible GPUs) before torch loads, without a ``runtime_env`` (which
+  would go through Ray's runtime-env agent and a dedicated worker start), and a local Ray
+  instance starts no idle workers ahead of them.
 
 Test hook: ``VIDPROP_TEST_KILL_WORKER=<video>:<n>`` in the driver's environment makes the actor
 running ``<video>`` kill itself (SIGKILL) once ``n`` masks of it exist, on its first try only.

@@ -411,8 +411,8 @@ def job_length(job: VideoJob) -> int:
     unknown (a missing or unreadable source: whoever runs the job reports it).
     """
     source = job.source
-    if hasattr(source, "__len__"):
-        return len(source)
+    if not isinstance(source, (str, os.PathLike)):
+        return len(source) if hasattr(source, "__len__") else 0
     path = Path(source)
     try:
         if path.is_dir():
