@@ -392,6 +392,17 @@ def test_job_length_lists_folders_and_reads_video_headers(videos, tmp_path, davi
     assert job_length(dataclasses.replace(jobs["dog"], source=str(src / "dog.mp4"))) == 4
     davis = davis_jobs(DavisDataset(davis_root), tmp_path / "davis-out", ["dog"])[0]
     assert job_length(davis) == len(list((davis_root / "JPEGImages" / "480p" / "dog").glob("*.jpg")))
+    # a Matroska file states no frame count: its duration x frame rate
+    import av
+
+    mkv = tmp_path / "clip.mkv"
+    with av.open(str(mkv), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(17):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 * i, np.uint8), format="rgb24")))
+        container.mux(stream.encode())
+    assert job_length(dataclasses.replace(jobs["dog"], source=mkv)) == 17
     # a file that is no video: unknown (0); the worker that opens it reports the error
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     assert job_length(dataclasses.replace(jobs["dog"], source=tmp_path / "broken.mp4")) == 0
