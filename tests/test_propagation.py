@@ -17,8 +17,9 @@ from vidprop.propagation import fused
 from vidprop.propagation.dense import DensePropagator, dense_propagate, dense_to_mask, neighbourhood_mask
 from vidprop.propagation.kernels import BlockGrid, TilePlan, normalize_cells, propagate_blocks, to_blocks
 
-# Both backends must give the reference's results; 'fused' needs numba (a declared dependency).
-BACKENDS = [pytest.param("fused", marks=pytest.mark.skipif(not fused.AVAILABLE, reason="numba not installed")), "torch"]
+# Every backend must give the reference's results; 'fused' needs numba (a declared dependency).
+BACKENDS = [pytest.param("fused", marks=pytest.mark.skipif(not fused.AVAILABLE, reason="numba not installed")), "torch",
+            "strips"]
 
 
 def random_features(seed: int, channels: int, size: tuple[int, int], frames: int, smooth: bool = True) -> list[torch.Tensor]:
@@ -171,6 +172,63 @@ def test_chunked_windows_match_single_pass(budget_bytes):
             torch.testing.assert_close(chunked, single, rtol=1e-5, atol=1e-6)
 
 
+def _car_shadow(davis_root, count: int, stride: int):
+    """Colour features pooled from the first ``count`` real DAVIS frames of car-shadow, its first mask, and
+    the labels at the feature grid."""
+    from PIL import Image
+
+    seq = "car-shadow"
+    frames = sorted((davis_root / "JPEGImages" / "480p" / seq).glob("*.jpg"))[:count]
+    mask0 = np.asarray(Image.open(davis_root / "Annotations" / "480p" / seq / "00000.png"))
+    feats = []
+    for path in frames:
+        rgb = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+        pooled = F.avg_pool2d(rgb[None], stride)[0]
+        feats.append(torch.cat([pooled, pooled - pooled.mean((1, 2), keepdim=True)]))
+    grid = tuple(feats[0].shape[1:])
+    small = np.array(Image.fromarray((mask0 > 0).astype(np.uint8)).resize((grid[1], grid[0]), Image.NEAREST))
+    labels = F.one_hot(torch.from_numpy(small).long(), 2).permute(2, 0, 1).float()
+    return feats, mask0, labels
+
+
+def test_strip_shapes_give_identical_masks_on_real_frames(davis_root):
+    """The strips kernel's tiling (strip width, target rows per chunk, all or some slots in use) changes
+    nothing: soft labels to float rounding and masks identical, equal to the dense reference's.
+
+    Many cells of these colour features are near-identical, so the kept sets hinge on the last bit
+    of the cosines: every product here has at least 4 rows and 12 columns, where (x86-64, MKL) the
+    cosines are bitwise those of the reference's one large product, as at the DAVIS setting."""
+    from vidprop.propagation.engine import threshold_candidates, weights_from_top
+    from vidprop.propagation.kernels import Workspace
+    from vidprop.propagation.strips import StripPlan, propagate_strips, strip_bytes
+
+    feats, mask0, labels = _car_shadow(davis_root, 5, 16)
+    grid = tuple(feats[0].shape[1:])
+    cells = [normalize_cells(f) for f in feats]
+    n_slots, radius, topk = 4, 10, 15
+    store = torch.zeros(*grid, n_slots, cells[0].shape[-1])
+    label_store = torch.zeros(*grid, n_slots, 2)
+    for s in range(n_slots):
+        store[:, :, s] = cells[s]
+        label_store[:, :, s] = F.softmax(torch.randn(*grid, 2, generator=torch.Generator().manual_seed(s)), -1) \
+            if s else labels.permute(1, 2, 0)
+    query = cells[4]
+    for n_valid in (2, 4):  # some slots (one product per slot), every slot (one product per row)
+        ref = dense_propagate(query.flatten(0, 1), store[:, :, :n_valid].permute(2, 0, 1, 3).flatten(0, 2),
+                              label_store[:, :, :n_valid].permute(2, 0, 1, 3).flatten(0, 2), grid, topk=topk,
+                              radius=radius, temperature=0.2).view(*grid, 2)
+        ref_mask = dense_to_mask(ref.permute(2, 0, 1), 16, mask0.shape)
+        for width in (5, 8, grid[1]):
+            for rows in (12, grid[0]):
+                plan = StripPlan(grid, radius, width, n_valid, strip_bytes(rows, width, radius, radius, n_valid))
+                assert plan.rows == rows and len(plan.strips) == -(-grid[1] // width)
+                soft = propagate_strips(query, store, label_store, n_valid, plan, topk=topk, temperature=0.2,
+                                        workspace=Workspace(), weights_from_top=weights_from_top,
+                                        threshold_candidates=threshold_candidates)
+                torch.testing.assert_close(soft, ref, rtol=1e-5, atol=1e-6)
+                np.testing.assert_array_equal(labels_to_mask(soft.permute(2, 0, 1), 16, mask0.shape), ref_mask)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_real_frames_match_dense(davis_root, backend):
     """Colour features pooled from real DAVIS frames (many near-identical cells), first real mask."""
@@ -319,10 +377,20 @@ def test_backends_and_thread_counts_agree():
 def test_auto_backend_choice():
     grid = (6, 7)
     labels = random_onehot(1, 2, grid)
-    for channels, dtype, expected in ((9, None, "fused"), (640, None, "torch"), (9, "float64", "torch")):
+    for channels, dtype, expected in ((9, None, "fused"), (640, None, "strips"), (9, "float64", "strips")):
         prop = LabelPropagator(PropagationConfig(topk=3, radius=2, dtype=dtype))
         prop.reset(torch.randn(channels, *grid), labels)
-        assert prop.backend == (expected if fused.AVAILABLE else "torch")
+        assert prop.backend == (expected if fused.AVAILABLE or expected != "fused" else "strips")
+    # a whole-frame window on a large grid does not fit a strip row in the budget: torch
+    prop = LabelPropagator(PropagationConfig(topk=3, radius=0, memory_budget_mib=16))
+    prop.reset(torch.randn(640, 60, 104), random_onehot(1, 2, (60, 104)))
+    assert prop.backend == "torch"
+
+
+def test_strips_backend_refuses_a_window_over_the_budget():
+    prop = LabelPropagator(PropagationConfig(topk=3, radius=0, memory_budget_mib=16, backend="strips"))
+    with pytest.raises(ConfigError, match="memory_budget_mib"):
+        prop.reset(torch.randn(4, 60, 104), random_onehot(1, 2, (60, 104)))
 
 
 @pytest.mark.skipif(not fused.AVAILABLE, reason="numba not installed")

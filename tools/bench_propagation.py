@@ -15,10 +15,12 @@ Sections (``--sections``, default all):
   15, T 0.2). Variants: ``baseline`` (today's engine before the fused kernel, loaded from git history
   at ``BASELINE_COMMIT``, outside the package), ``fused``, ``torch`` and ``dense`` (the reference).
 - ``dift``: 640-channel features (the width of DIFT's SD up block 1; seeded smooth random fields) on
-  the same grid and setting; variants ``baseline`` and ``torch``, plus the machine's matmul peak:
-  the best GFLOP/s of a 2048x640x4096 float32 matmul at the same thread count, measured in the same
-  run. The share of the peak counts the arithmetic that cannot be avoided: 2 * C flops per
-  (target, in-radius context cell) pair.
+  the same grid and setting; variants ``baseline``, ``torch`` (square blocks) and ``strips`` (column
+  strips, the default there), plus the machine's matmul peak: the best GFLOP/s of a 2048x640x4096
+  float32 matmul at the same thread count, measured in the same run. The share of the peak counts
+  only the arithmetic that cannot be avoided: 2 * C flops per (target, in-radius context cell)
+  pair (179.4 GFLOP per frame at the DAVIS setting), not the arithmetic a backend computes; the
+  time is the whole step (normalisation, propagation, context update, ``to_mask``).
 - ``contention``: the ``lab`` section's ``fused`` variant, beside a competing busy-loop process
   started by this tool: on each of the last ``--contention-frames`` frames, the propagation step
   (``predict``) and ``to_mask`` at 1 and at 2 threads, alternating, in one process.
@@ -28,7 +30,7 @@ Examples:
     python tools/bench_propagation.py --sections lab --variants baseline,fused --repeat 5
     python tools/bench_propagation.py --sections dift --repeat 2
     python tools/bench_propagation.py --sections contention --contention-frames 12
-    python tools/bench_propagation.py --crossover 9,32,64,128,256,640   # fused vs torch by channels
+    python tools/bench_propagation.py --crossover 9,32,64,128,256,640   # fused vs strips vs torch by channels
     python tools/bench_propagation.py --device cuda --sections lab,dift --variants torch --dift-variants torch
 """
 
@@ -163,7 +165,8 @@ def worker(args) -> None:
     feats, labels = _lab_inputs(args) if args.source == "lab" else _random_inputs(args)
     cuda = args.device.startswith("cuda")
     cfg = PropagationConfig(topk=args.topk, n_last_frames=args.n_last_frames, radius=args.radius,
-                            temperature=args.temperature, backend="torch" if args.variant == "torch" else "auto",
+                            temperature=args.temperature,
+                            backend=args.variant if args.variant in ("torch", "strips") else "auto",
                             threads=args.threads, device=None if args.variant == "dense" else args.device)
     if args.variant == "baseline":
         sys.path.insert(0, args.baseline_path)
@@ -319,9 +322,10 @@ def main(argv=None) -> int:
     p.add_argument("--sections", default="lab,dift,contention", help="comma-separated: lab, dift, contention")
     p.add_argument("--variants", default="baseline,fused,torch", help="lab section variants: baseline, fused, "
                                                                        "torch, dense (the reference: slow, 4.5 GB)")
-    p.add_argument("--dift-variants", default="baseline,torch", help="dift section variants (besides the peak)")
+    p.add_argument("--dift-variants", default="baseline,torch,strips",
+                   help="dift section variants (besides the peak): baseline, torch, strips")
     p.add_argument("--contention-frames", type=int, default=8, help="frames timed at 1 and at 2 threads (contention)")
-    p.add_argument("--crossover", help="comma-separated channel counts: fused vs torch only (random features)")
+    p.add_argument("--crossover", help="comma-separated channel counts: fused vs strips vs torch only (random features)")
     p.add_argument("--repeat", type=int, default=3, help="interleaved repetitions per section")
     p.add_argument("--threads", type=int, default=0, help="threads of the lab and dift sections (0 = the cores "
                                                           "this process may use)")
@@ -371,7 +375,7 @@ def main(argv=None) -> int:
         baseline = load_baseline(tmp / "baseline")
         if args.crossover:
             for channels in (int(c) for c in args.crossover.split(",")):
-                plan = [(v, threads, "random", channels) for v in ("fused", "torch")]
+                plan = [(v, threads, "random", channels) for v in ("fused", "strips", "torch")]
                 results[f"crossover_{channels}"] = s = _section(args, f"crossover, {channels} channels", plan, baseline, tmp)
                 _print_ratios(f"{channels} ch", s, f"torch@{threads}")
         if "lab" in sections:

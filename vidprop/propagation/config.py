@@ -20,7 +20,7 @@ MIN_TEMPERATURE = 1.0 / 88.0
 DTYPES = ("float32", "float64")
 
 # Names accepted by ``backend`` (the implementations are registered in vidprop.propagation.engine).
-BACKENDS = ("auto", "fused", "torch")
+BACKENDS = ("auto", "fused", "torch", "strips")
 
 
 def _is_int(value: object) -> bool:
@@ -40,10 +40,10 @@ class PropagationConfig:
     radius: int = option(15, help="neighbourhood radius in feature cells: a context cell feeds a target cell only if both offsets are <= radius (0 = whole frame)")
     temperature: float = option(0.2, help="affinity is exp(cosine / temperature); must be >= 1/88 so that it stays finite in float32")
     memory_budget_mib: int = option(256, help="working memory per step in MiB (similarity tiles), beyond the context frames themselves")
-    block_size: int = option(8, help="side, in feature cells, of the square blocks the grid is tiled into (speed only; results do not depend on it)")
+    block_size: int = option(8, help="side, in feature cells, of the square blocks the 'torch' backend tiles the grid into (speed only; results do not depend on it)")
     device: str | None = option(None, help="device for the propagation state, e.g. 'cpu' or 'cuda:0' (null = the first frame's features' device)")
     dtype: str | None = option(None, help="float32 or float64 (null = float32, as the reference)")
-    backend: str = option("auto", help="'fused' (numba window top-k kernel; CPU, float32), 'torch' (tiled matrix products; any device), or 'auto' (fused where it applies and is faster: CPU, float32, at most 32 channels); results are the same")
+    backend: str = option("auto", help="'fused' (numba window top-k kernel; CPU, float32), 'strips' (matrix products over column strips, exact in rows; any device), 'torch' (matrix products over square blocks; any device), or 'auto' (on the CPU: fused up to 32 channels in float32, else strips where a strip fits memory_budget_mib, else torch; torch on other devices); results are the same")
     threads: int | None = option(None, help="CPU threads of the fused kernel (null = the cores this process may use); 'torch' uses torch's own thread setting")
     backward: bool = option(True, help="label the frames before a video's first given mask by propagating backwards in time from it (false: leave them empty)")
 

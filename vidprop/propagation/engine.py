@@ -9,17 +9,21 @@ and a recent frame reuses the slot of the oldest one once the window is full. A 
 brings new objects adds label channels; the frames already in the context get 0 in them ("not
 this object"), as XMem/Cutie treat objects that first appear in a later mask.
 
-Two backends compute a step with the same semantics (the reference's kept set, ties included,
+Three backends compute a step with the same semantics (the reference's kept set, ties included,
 and its weights); :func:`_choose_backend` picks one:
 
 - ``fused`` (:mod:`vidprop.propagation.fused`, numba): per target cell, only its in-radius context
   cells, with a running top-(k+1); CPU, float32.
-- ``torch`` (:mod:`vidprop.propagation.kernels`): tiled matrix products; any device and dtype.
+- ``strips`` (:mod:`vidprop.propagation.strips`): matrix products over column strips, exact in rows;
+  any device and dtype. The fastest on the CPU above ``FUSED_MAX_CHANNELS`` channels.
+- ``torch`` (:mod:`vidprop.propagation.kernels`): matrix products over square blocks; any device
+  and dtype; any radius within the memory budget.
 
-The fused backend returns each target's k+1 best candidates ranked by cosine; the affinities
-exp(cos / T), the tie check and the weights are computed here with torch, as the reference does.
-Propagators of one video whose settings differ only in ``topk`` and ``temperature`` rank the same
-candidates; with a :class:`SharedCandidates` they rank them once per frame (the fused backend).
+The fused and strips backends return each target's k+1 best candidates ranked by cosine; the
+affinities exp(cos / T), the tie check and the weights are computed here with torch, as the
+reference does. Propagators of one video whose settings differ only in ``topk`` and ``temperature``
+rank the same candidates; with a :class:`SharedCandidates` they rank them once per frame (the fused
+backend).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from vidprop.propagation import fused
 from vidprop.propagation.config import PropagationConfig
 from vidprop.propagation.kernels import (BlockGrid, TilePlan, Workspace, from_blocks, normalize_cells,
                                          propagate_blocks, to_blocks)
+from vidprop.propagation.strips import STRIP_WIDTH, StripPlan, propagate_strips
 
 __all__ = ["LabelPropagator", "SharedCandidates", "labels_to_mask", "MAX_CHANNELS", "FUSED_MAX_CHANNELS"]
 
@@ -201,6 +206,37 @@ class _TorchBackend(_Store):
         return from_blocks(soft, self.grid)
 
 
+class _StripsBackend(_Store):
+    """Row-major layout of :mod:`vidprop.propagation.strips`: features (h, w, S, C), labels (h, w, S, K);
+    any device and dtype. The active slots must be the first n of the store."""
+
+    name = "strips"
+    slot_dim = 2
+
+    def __init__(self, cfg: PropagationConfig, grid_size: tuple[int, int], slots: int, channels: int, k: int,
+                 device: torch.device, dtype: torch.dtype, shared: "SharedCandidates | None" = None):
+        self.cfg = cfg  # (``shared`` is for the fused backend)
+        self.size = grid_size
+        self.features = torch.empty(*grid_size, slots, channels, device=device, dtype=dtype)
+        self.labels = torch.empty(*grid_size, slots, k, device=device, dtype=dtype)
+        self.workspace = Workspace()
+
+    def store(self, slot: int, cells: Tensor, labels: Tensor) -> None:
+        """Write normalised cells (h, w, C) and labels (h, w, K) into ``slot``."""
+        self.features[:, :, slot] = cells
+        self.labels[:, :, slot] = labels
+
+    def step(self, cells: Tensor, active: list[int]) -> Tensor:
+        """Normalised query cells (h, w, C) -> soft labels (h, w, K)."""
+        n_valid = len(active)
+        assert sorted(active) == list(range(n_valid))  # the set of slots matters, not their order
+        cfg = self.cfg
+        plan = _strip_plan(cfg, self.size, n_valid, self.features.dtype)
+        return propagate_strips(cells, self.features, self.labels, n_valid, plan, topk=cfg.topk,
+                                temperature=cfg.temperature, workspace=self.workspace,
+                                weights_from_top=weights_from_top, threshold_candidates=threshold_candidates)
+
+
 class _FusedBackend(_Store):
     """Cell layout of :mod:`vidprop.propagation.fused`: features (S, C, h, w), labels (S, h*w, K); CPU, float32."""
 
@@ -261,7 +297,7 @@ class SharedCandidates:
     A propagator reuses the last ranking only when its query, context slots and the context
     features of those slots are bitwise the ones it was computed from (checked at every step);
     otherwise it ranks anew and keeps that. Results are those of separate propagators whatever
-    the grouping or the order of calls. Only the ``fused`` backend uses it; ``torch`` ignores it.
+    the grouping or the order of calls. Only the ``fused`` backend uses it; ``torch`` and ``strips`` ignore it.
 
     Attributes:
         kk: entries ranked per target (the largest reserved ``topk`` + 1).
@@ -348,11 +384,24 @@ def threshold_candidates(cosines: Tensor, index: Tensor, labels: Tensor, topk: i
     return (weights.unsqueeze(1) @ labels[index.clamp(min=0)]).squeeze(1)
 
 
-_BACKENDS = {"torch": _TorchBackend, "fused": _FusedBackend}
+_BACKENDS = {"torch": _TorchBackend, "fused": _FusedBackend, "strips": _StripsBackend}
 
 
-def _choose_backend(cfg: PropagationConfig, device: torch.device, dtype: torch.dtype, channels: int) -> str:
-    """The backend named by ``cfg.backend``; for 'auto', the faster one that can run."""
+def _strip_plan(cfg: PropagationConfig, grid_size: tuple[int, int], slots: int, dtype: torch.dtype) -> StripPlan:
+    return StripPlan(grid_size, cfg.radius, STRIP_WIDTH, slots, cfg.memory_budget_mib * 2**20,
+                     torch.empty((), dtype=dtype).element_size())
+
+
+def _choose_backend(cfg: PropagationConfig, device: torch.device, dtype: torch.dtype, channels: int,
+                    grid_size: tuple[int, int]) -> str:
+    """The backend named by ``cfg.backend``; for 'auto', the faster one that can run.
+
+    'auto' on the CPU: ``fused`` up to ``FUSED_MAX_CHANNELS`` channels (float32), else ``strips``
+    where one target row of a strip fits the memory budget (a radius small against the grid),
+    else ``torch``. On other devices ``torch`` (the strips backend is not measured there yet).
+    """
+    slots = 1 + cfg.n_last_frames
+    strips_fit = _strip_plan(cfg, grid_size, slots, dtype).fits(slots, cfg.memory_budget_mib * 2**20)
     fits = device.type == "cpu" and dtype == torch.float32
     if cfg.backend == "fused":
         if not fused.AVAILABLE:
@@ -362,9 +411,15 @@ def _choose_backend(cfg: PropagationConfig, device: torch.device, dtype: torch.d
             raise ConfigError(f"invalid value 'fused' (the fused kernel runs on the CPU in float32, this run "
                               f"uses {device} {dtype}: use 'auto' or 'torch')", key="propagation.backend")
         return "fused"
-    if cfg.backend == "torch":
-        return "torch"
-    return "fused" if fits and fused.AVAILABLE and channels <= FUSED_MAX_CHANNELS else "torch"
+    if cfg.backend == "strips" and not strips_fit:
+        raise ConfigError(f"invalid value 'strips' (one strip row at grid {grid_size} and radius {cfg.radius} needs more "
+                          f"than memory_budget_mib {cfg.memory_budget_mib}: raise it, or use 'auto' or 'torch')",
+                          key="propagation.backend")
+    if cfg.backend in ("torch", "strips"):
+        return cfg.backend
+    if fits and fused.AVAILABLE and channels <= FUSED_MAX_CHANNELS:
+        return "fused"
+    return "strips" if device.type == "cpu" and strips_fit else "torch"
 
 
 def _check_features(features: Tensor, what: str) -> None:
@@ -453,7 +508,7 @@ class LabelPropagator:
 
     @property
     def backend(self) -> str | None:
-        """Name of the backend of the current video ('fused' or 'torch'), None before reset."""
+        """Name of the backend of the current video ('fused', 'strips' or 'torch'), None before reset."""
         return None if self._backend is None else self._backend.name
 
     @torch.inference_mode()
@@ -475,7 +530,7 @@ class LabelPropagator:
         device = torch.device(cfg.device) if cfg.device is not None else first_features.device
         dtype = cfg.torch_dtype
         channels, k = first_features.shape[0], first_labels.shape[0]
-        name = _choose_backend(cfg, device, dtype, channels)
+        name = _choose_backend(cfg, device, dtype, channels, grid_size)
         self._backend = None  # free the previous video's context before allocating
         slots = _Slots(window=cfg.n_last_frames)
         backend = _BACKENDS[name](cfg, grid_size, 1 + slots.window, channels, k, device, dtype, self.shared)
