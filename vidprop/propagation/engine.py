@@ -226,6 +226,13 @@ class _StripsBackend(_Store):
         self.features[:, :, slot] = cells
         self.labels[:, :, slot] = labels
 
+    def reserve(self, slots: int, k: int) -> None:
+        # Exactly ``slots``: one product per context row needs every slot of the store in use.
+        if slots > self.slots:
+            self.features = _grown(self.features, self.slot_dim, slots, zero=False)
+            self.labels = _grown(self.labels, self.slot_dim, slots, zero=False)
+        super().reserve(slots, k)
+
     def step(self, cells: Tensor, active: list[int]) -> Tensor:
         """Normalised query cells (h, w, C) -> soft labels (h, w, K)."""
         n_valid = len(active)
