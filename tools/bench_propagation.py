@@ -387,7 +387,7 @@ def main(argv=None) -> int:
             plan = [("peak", dift_threads, "random", 640)]
             plan += [(v.strip(), dift_threads, "random", 640) for v in args.dift_variants.split(",") if v.strip()]
             results["dift"] = s = _section(args, "dift (640 channels)", plan, baseline, tmp, args.dift_repeat)
-            _print_ratios("dift", s, f"baseline@{dift_threads}")
+            _print_ratios("dift", s, f"baseline@{dift_threads}" if f"baseline@{dift_threads}" in s else f"torch@{dift_threads}")
             peak = s[f"peak@{dift_threads}"]["gflops"]
             peak_cpu = s[f"peak@{dift_threads}"]["gflops_per_cpu_second"]
             flops = 2 * 640 * in_radius_pairs(args.grid, args.radius, 1 + args.n_last_frames)

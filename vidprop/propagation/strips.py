@@ -90,7 +90,7 @@ class _Buffer:
         s_dx, s_s = (n_valid, 1) if full else (1, nw)
         self.s_dx, self.s_s, self.s_ty, self.s_dy = s_dx, s_s, s_cy, s_cy - s_t
         self.s_tx = s_tx + s_dx
-        self.base = 2 * ry * s_t
+        self.base = self.data.storage_offset() + 2 * ry * s_t  # as_strided offsets are absolute
         # candidates[ty', tx, dy, dx, s] of the chunk's targets (ty' = ty - ty0).
         self.candidates = self.data.as_strided((chunk_rows, width, 2 * ry + 1, 2 * rx + 1, n_valid),
                                                (self.s_ty, self.s_tx, self.s_dy, s_dx, s_s), self.base)
@@ -140,9 +140,10 @@ def _slab_maxima(buf: _Buffer, maxima: Tensor, cyi: int, a: int, b: int, shift: 
     width = maxima.shape[1]
     s_t = buf.data.stride(1)
     src = buf.data.as_strided((b - a, width, 2 * rx + 1, n_valid), (s_t, buf.s_tx, buf.s_dx, buf.s_s),
-                              cyi * buf.s_ty + a * s_t)
+                              buf.data.storage_offset() + cyi * buf.s_ty + a * s_t)
     m_ty, m_tx, m_dy, m_s = maxima.stride()
-    dst = maxima.as_strided((b - a, width, n_valid), (m_ty - m_dy, m_tx, m_s), (a + shift) * m_ty + (2 * ry - a) * m_dy)
+    dst = maxima.as_strided((b - a, width, n_valid), (m_ty - m_dy, m_tx, m_s),
+                            maxima.storage_offset() + (a + shift) * m_ty + (2 * ry - a) * m_dy)
     _max_over(src, 2, dst)
 
 
@@ -178,7 +179,8 @@ def _select(buf: _Buffer, maxima: Tensor, count: int) -> tuple[Tensor, Tensor]:
     tx = torch.arange(width, device=dev).repeat(rows).view(t, 1)
     start = buf.base + ty * buf.s_ty + tx * buf.s_tx + dy * buf.s_dy + s * buf.s_s  # (T, count)
     offsets = start[..., None] + torch.arange(n_dx, device=dev) * buf.s_dx  # (T, count, DX)
-    picked = buf.data.view(-1)[offsets.view(t, -1)]
+    storage = buf.data.as_strided((buf.data.storage_offset() + buf.data.numel(),), (1,), 0)  # absolute offsets
+    picked = storage[offsets.view(t, -1)]
     values, pos = picked.topk(count, dim=1)
     which, dx = pos // n_dx, pos % n_dx
     flat = (dy.gather(1, which) * n_dx + dx) * n_s + s.gather(1, which)
