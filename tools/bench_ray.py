@@ -20,6 +20,7 @@ Examples:
     python tools/bench_ray.py --frames 0 --reps 3              # every frame (934)
     python tools/bench_ray.py --frames 10,40,0                 # how the fixed cost amortises
     python tools/bench_ray.py --frames 0 --copies 2            # every frame, each sequence twice (1868)
+    python tools/bench_ray.py --idle 60                        # Ray's background CPU per minute
 """
 
 from __future__ import annotations
@@ -170,6 +171,40 @@ def _median(values: list[float]) -> float:
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
+_IDLE = """
+import sys, time
+import ray
+from vidprop.engines.ray_engine import start_local_ray
+start_local_ray()
+actor = ray.remote(num_cpus=1)(type("Idle", (), {"ready": lambda self: True})).remote()
+ray.get(actor.ready.remote())
+time.sleep(float(sys.argv[1]))
+ray.shutdown()
+"""
+
+
+def _bench_idle(seconds: float, reps: int) -> dict:
+    """CPU of a local Ray instance with one idle actor, held 0 s and ``seconds`` s (interleaved):
+    Ray's background cost per second of wall time, whatever the job does."""
+    cpu: dict[float, list[float]] = {0.0: [], seconds: []}
+    for rep in range(reps):
+        for held in (0.0, seconds):
+            proc = subprocess.Popen([sys.executable, "-c", _IDLE, str(held)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+            sampler = TreeCPU(proc.pid)
+            sampler.start()
+            proc.wait()
+            sampler.done.set()
+            sampler.join()
+            cpu[held].append(sampler.total())
+            print(f"  rep {rep} Ray held {held:5.0f} s: cpu {sampler.total():6.2f} s  "
+                  + ", ".join(f"{n} {c:.2f}" for n, c in sampler.by_name().items()), flush=True)
+    start, held = _median(cpu[0.0]), _median(cpu[seconds])
+    per_s = (held - start) / seconds
+    print(f"  Ray started and stopped: {start:.2f} s CPU; held {seconds:.0f} s: {held:.2f} s CPU -> "
+          f"{per_s * 60:.2f} s CPU per minute held ({100 * per_s:.1f}% of a core); load average {os.getloadavg()}")
+    return {"seconds": seconds, "start_stop_cpu_s": start, "held_cpu_s": held, "background_cpu_per_s": per_s}
+
+
 def _bench_size(args, sequences: list[str], size: int, tmp: Path) -> dict:
     """Interleaved repetitions of both modes on the first ``size`` frames (0 = all) of each sequence."""
     root = tmp / f"davis-{size}"
@@ -218,10 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short-side", type=int, default=224, help="data.short_side (a multiple of 32)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the plain run and of the Ray actor")
     parser.add_argument("--reps", type=int, default=2, help="interleaved repetitions of each mode")
+    parser.add_argument("--idle", type=float, default=0.0,
+                        help="instead: Ray's own cost, a local instance with one idle actor held this many seconds vs 0")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if not Path("/proc/self/stat").exists():
         raise SystemExit("needs Linux /proc to count the CPU time of Ray's processes")
+    if args.idle:
+        summary = _bench_idle(args.idle, args.reps)
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2))
+        return 0
     sequences = args.sequences.split(",") if args.sequences else (args.davis_root / "ImageSets" / "2017" / "val.txt").read_text().split()
     sizes = [int(n) for n in args.frames.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
