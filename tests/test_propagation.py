@@ -451,6 +451,61 @@ def test_to_mask_special_channels_match_reference():
     np.testing.assert_array_equal(labels_to_mask(soft, 8, (50, 60)), dense_to_mask(soft.clone(), 8, (50, 60)))
 
 
+def test_to_mask_nearest_resize_is_pils_at_every_size():
+    """The device-side NEAREST resize takes PIL's pixel mapping, which is not floor((x + 0.5) * in / out)
+    at every size: DAVIS 480p (60x107 cells x 8 -> 480x856 -> 480x854), up- and downscaling, odd sizes."""
+    from PIL import Image
+
+    from vidprop.propagation.engine import pil_nearest_indices
+
+    rng = np.random.default_rng(0)
+    sizes = [((480, 856), (480, 854)), ((96, 104), (100, 99)), ((8, 8), (41, 3))]
+    sizes += [(tuple(rng.integers(1, 200, 2)), tuple(rng.integers(1, 500, 2))) for _ in range(300)]
+    closed_form_differs = 0
+    for (hi, wi), (ho, wo) in sizes:
+        index = rng.integers(0, 256, (hi, wi), dtype=np.uint8)
+        expected = np.asarray(Image.fromarray(index).resize((wo, ho), Image.NEAREST))
+        np.testing.assert_array_equal(index[pil_nearest_indices(hi, ho)][:, pil_nearest_indices(wi, wo)], expected)
+        naive = np.minimum(np.floor((np.arange(wo) + 0.5) * (wi / wo)).astype(np.int64), wi - 1)
+        closed_form_differs += not np.array_equal(naive, pil_nearest_indices(wi, wo))
+    assert closed_form_differs > 0  # why the mapping is asked of PIL
+    soft = torch.rand(3, 60, 107, generator=torch.Generator().manual_seed(1)) ** 3
+    np.testing.assert_array_equal(labels_to_mask(soft, 8, (480, 854)), dense_to_mask(soft.clone(), 8, (480, 854)))
+
+
+def test_deferred_finite_check_raises_at_the_next_mask(monkeypatch):
+    """On a GPU step() does not wait to check its features: the next to_mask reads the check with the
+    mask and raises, naming the step (the CPU runs the same code here, with the deferral forced)."""
+    from vidprop.propagation import engine
+
+    grid, stride, size = (6, 7), 8, (48, 56)
+    feats = random_features(2, 8, grid, 4)
+    labels = random_onehot(2, 3, grid)
+    cfg = PropagationConfig(topk=3, radius=2, backend="torch")
+    immediate = LabelPropagator(cfg)
+    immediate.reset(feats[0], labels)
+    expected = [immediate.to_mask(immediate.step(f), stride, size) for f in feats[1:]]
+    monkeypatch.setattr(engine, "_defers_checks", lambda device: True)
+    prop = LabelPropagator(cfg)
+    prop.reset(feats[0], labels)
+    for f, mask in zip(feats[1:], expected):  # clean features: the same masks
+        np.testing.assert_array_equal(prop.to_mask(prop.step(f), stride, size), mask)
+    prop.reset(feats[0], labels)
+    prop.step(feats[1])
+    bad = feats[2].clone()
+    bad[0, 1, 1], bad[3, 2, 2] = float("nan"), float("inf")
+    soft = prop.step(bad)  # no wait, no error yet
+    prop.step(feats[3])
+    with pytest.raises(ShapeError, match=r"step 2 after reset\(\): 2 NaN or infinite"):
+        prop.to_mask(soft, stride, size)
+    prop.to_mask(soft, stride, size)  # reported once
+    prop.predict(bad)
+    with pytest.raises(ShapeError, match=r"step 4 after reset\(\): 2 NaN"):
+        prop.check_finite()
+    with pytest.raises(ShapeError, match="NaN or infinite"):  # keyframes are checked at once
+        prop.add_keyframe(bad, labels)
+
+
 def test_to_mask_places_objects_at_the_right_pixels():
     soft = torch.zeros(3, 6, 8)
     soft[0] = 1

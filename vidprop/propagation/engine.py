@@ -29,6 +29,7 @@ backend).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -429,7 +430,8 @@ def _choose_backend(cfg: PropagationConfig, device: torch.device, dtype: torch.d
     return "strips" if device.type == "cpu" and strips_fit else "torch"
 
 
-def _check_features(features: Tensor, what: str) -> None:
+def _check_features(features: Tensor, what: str, finite: bool = True) -> None:
+    """Shape and dtype checks of a (C, h, w) feature tensor; ``finite``: also check its values now."""
     if not isinstance(features, Tensor):
         raise ShapeError(f"{what}: expected a torch.Tensor of shape (C, h, w), got {type(features).__name__}")
     if features.dim() != 3:
@@ -438,9 +440,46 @@ def _check_features(features: Tensor, what: str) -> None:
         raise ShapeError(f"{what}: expected a floating-point tensor, got {features.dtype}")
     if min(features.shape) < 1:
         raise ShapeError(f"{what}: empty tensor of shape {tuple(features.shape)}")
-    if not bool(torch.isfinite(features).all()):
+    if finite and not bool(torch.isfinite(features).all()):
         bad = int((~torch.isfinite(features)).sum())
         raise ShapeError(f"{what}: {bad} NaN or infinite values (features must be finite)")
+
+
+def _defers_checks(device: torch.device) -> bool:
+    """Whether :meth:`LabelPropagator.step` defers its finite check to the next ``to_mask`` on ``device``.
+
+    Reading a value computed on a GPU makes the host wait for the GPU's queue to drain; on the CPU
+    the check costs no wait, so it stays immediate there.
+    """
+    return device.type != "cpu"
+
+
+class _FiniteLedger:
+    """Non-finite feature values seen by steps whose check was deferred, kept on the device.
+
+    Per step, a few device operations and no host-device synchronisation: the count of bad values
+    and the first step (counted from :meth:`LabelPropagator.reset`) that had any. They are read
+    with the next mask's transfer (:func:`labels_to_mask`), so the check costs no extra wait.
+    """
+
+    def __init__(self, device: torch.device):
+        self.counts = torch.zeros(2, dtype=torch.int64, device=device)  # [bad values, first bad step + 1]
+        self.pending = False
+
+    def add(self, features: Tensor, step: int) -> None:
+        bad = (~torch.isfinite(features)).sum()
+        first = torch.where((self.counts[1] == 0) & (bad > 0), step + 1, self.counts[1])
+        self.counts = torch.stack([self.counts[0] + bad, first])
+        self.pending = True
+
+    def raise_if_bad(self, counts: np.ndarray) -> None:
+        """Raise for ``counts`` (the host copy of :attr:`counts`); the ledger starts over."""
+        self.counts = torch.zeros_like(self.counts)
+        self.pending = False
+        bad, first = int(counts[0]), int(counts[1])
+        if bad:
+            raise ShapeError(f"features of step {first - 1} after reset(): {bad} NaN or infinite values in the steps since the "
+                             "last mask (features must be finite)")
 
 
 # A keyframe's soft labels (first-appearance masks merge propagated labels) sum to 1 up to rounding.
@@ -497,6 +536,8 @@ class LabelPropagator:
         self._slots: _Slots | None = None
         self._size: tuple[int, int] | None = None
         self._channels = 0
+        self._ledger: _FiniteLedger | None = None
+        self._steps = 0
 
     @property
     def grid_size(self) -> tuple[int, int] | None:
@@ -544,19 +585,29 @@ class LabelPropagator:
         cells = normalize_cells(first_features.to(device=device, dtype=dtype))
         backend.store(slots.add_permanent(), cells, first_labels.to(device=device, dtype=dtype).permute(1, 2, 0))
         self._backend, self._slots, self._size, self._channels = backend, slots, grid_size, channels
+        self._ledger = _FiniteLedger(device) if _defers_checks(device) else None
+        self._steps = 0
         logger.debug("propagation reset: grid %s, %d channels, %d labels, %d context slots on %s/%s, %s backend",
                      grid_size, channels, k, backend.slots, device, dtype, name)
 
-    def _target(self, features: Tensor, what: str) -> Tensor:
-        """Checked, normalised (h, w, C) cells of a frame of the current video."""
+    def _target(self, features: Tensor, what: str, defer: bool = True) -> Tensor:
+        """Checked, normalised (h, w, C) cells of a frame of the current video.
+
+        The finite check is deferred to the next :meth:`to_mask` when ``defer`` and the device
+        defers checks (see :class:`_FiniteLedger`), else done now.
+        """
         if self._backend is None:
             raise ShapeError(f"{what} before reset(): call reset(first_features, first_labels) first")
-        _check_features(features, "features")
+        deferred = defer and self._ledger is not None
+        _check_features(features, "features", finite=not deferred)
         if features.shape[0] != self._channels:
             raise ShapeError(f"features: {features.shape[0]} channels, but the first frame has {self._channels}")
         if tuple(features.shape[1:]) != self._size:
             raise ShapeError(f"features: grid {tuple(features.shape[1:])} differs from the first frame's {self._size}")
         store = self._backend.features
+        self._steps += 1
+        if deferred:
+            self._ledger.add(features, self._steps)
         return normalize_cells(features.to(device=store.device, dtype=store.dtype))
 
     def _threads(self):
@@ -578,7 +629,10 @@ class LabelPropagator:
             (K, h, w) soft labels (weights of each target cell sum to 1), on the state's device.
 
         Raises:
-            ShapeError: no :meth:`reset` yet, mismatched channels or grid, non-finite values.
+            ShapeError: no :meth:`reset` yet, mismatched channels or grid, non-finite values. On a
+                GPU the finite check does not make the host wait: it is read with the next
+                :meth:`to_mask`'s transfer (or :meth:`check_finite`), which raises then, naming
+                the step; the frame has entered the context by then, so start the video over.
         """
         with self._threads():
             cells = self._target(features, "step()")
@@ -622,7 +676,7 @@ class LabelPropagator:
                 fewer than K channels, or labels that are not distributions.
         """
         with self._threads():
-            cells = self._target(features, "add_keyframe()")
+            cells = self._target(features, "add_keyframe()", defer=False)
             _check_labels(labels, self._size, "labels", self.num_labels, onehot=False)
             backend, slots = self._backend, self._slots
             slot = slots.add_permanent()
@@ -631,8 +685,30 @@ class LabelPropagator:
         logger.debug("keyframe added: %d permanent frames, %d labels", len(slots.permanent), labels.shape[0])
 
     def to_mask(self, soft: Tensor, stride: int, size: tuple[int, int]) -> np.ndarray:
-        """Channel map of one frame at the original frame size (see :func:`labels_to_mask`)."""
-        return labels_to_mask(soft, stride, size)
+        """Channel map of one frame at the original frame size (see :func:`labels_to_mask`).
+
+        Raises:
+            ShapeError: bad arguments; or non-finite features in a step whose check was deferred
+                (GPU), read in the same transfer as the mask.
+        """
+        _check_mask_args(soft, stride, size)
+        ledger = self._ledger if self._ledger is not None and self._ledger.pending else None
+        mask, counts = _labels_to_mask(soft, stride, (int(size[0]), int(size[1])), None if ledger is None else ledger.counts)
+        if ledger is not None:
+            ledger.raise_if_bad(counts)
+        return mask
+
+    def check_finite(self) -> None:
+        """Raise now for non-finite features of steps whose check was deferred (GPU; see :meth:`step`).
+
+        :meth:`to_mask` does this with the mask's transfer; call this when a step's labels are
+        used without :meth:`to_mask`.
+
+        Raises:
+            ShapeError: naming the first such step and the count of bad values.
+        """
+        if self._ledger is not None and self._ledger.pending:
+            self._ledger.raise_if_bad(self._ledger.counts.cpu().numpy())
 
 
 @torch.inference_mode()
@@ -641,7 +717,8 @@ def labels_to_mask(soft: Tensor, stride: int, size: tuple[int, int]) -> np.ndarr
 
     Bilinear upsampling by ``stride`` (align_corners=False), each channel rescaled to [0, 1] by
     its own min and max where its max > 0, argmax over channels (first index on ties), then a
-    PIL NEAREST resize to the original frame size.
+    NEAREST resize to the original frame size with PIL's pixel mapping (:func:`pil_nearest_indices`).
+    Everything runs on ``soft``'s device; one (H, W) uint8 array comes back.
 
     Args:
         soft: (K, h, w) float tensor of soft labels, K <= 256.
@@ -654,6 +731,11 @@ def labels_to_mask(soft: Tensor, stride: int, size: tuple[int, int]) -> np.ndarr
     Raises:
         ShapeError: bad shapes, K > 256, non-positive stride or size.
     """
+    _check_mask_args(soft, stride, size)
+    return _labels_to_mask(soft, stride, (int(size[0]), int(size[1])))[0]
+
+
+def _check_mask_args(soft: Tensor, stride: int, size: tuple[int, int]) -> None:
     if not isinstance(soft, Tensor) or soft.dim() != 3 or not soft.is_floating_point():
         raise ShapeError(f"soft: expected a float tensor of shape (K, h, w), got {getattr(soft, 'shape', type(soft))}")
     if not 1 <= soft.shape[0] <= MAX_CHANNELS:
@@ -662,18 +744,50 @@ def labels_to_mask(soft: Tensor, stride: int, size: tuple[int, int]) -> np.ndarr
         raise ShapeError(f"stride: expected a positive integer, got {stride!r}")
     if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in size):
         raise ShapeError(f"size: expected (H, W) positive integers, got {size!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def pil_nearest_indices(in_len: int, out_len: int) -> np.ndarray:
+    """Source index of each output pixel along one axis of PIL's NEAREST resize from ``in_len`` to ``out_len``.
+
+    Asked of PIL itself (a ramp of indices, resized), so it is PIL's own arithmetic whatever its
+    version: the reference resizes its masks with ``Image.resize(..., NEAREST)``, whose mapping
+    (an incremental float sum) is not exactly ``floor((x + 0.5) * in / out)`` at every size.
+    The mapping along one axis does not depend on the other axis.
+
+    Returns:
+        (out_len,) int64 array of indices in ``0 .. in_len - 1``.
+    """
+    ramp = Image.fromarray(np.arange(in_len, dtype=np.int32)[None, :])  # mode "I": 32-bit values
+    index = np.asarray(ramp.resize((out_len, 1), Image.NEAREST), dtype=np.int64)[0].copy()
+    index.flags.writeable = False  # shared by the cache
+    return index
+
+
+@functools.lru_cache(maxsize=64)
+def _nearest_index(in_len: int, out_len: int, device: torch.device) -> Tensor:
+    return torch.from_numpy(pil_nearest_indices(in_len, out_len)).to(device)
+
+
+def _labels_to_mask(soft: Tensor, stride: int, size: tuple[int, int], extra: Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The mask, and the host copy of ``extra`` (an int64 device tensor) read in the same transfer."""
     with _one_torch_thread() if soft.device.type == "cpu" else contextlib.nullcontext():
-        return _labels_to_mask(soft, stride, (int(size[0]), int(size[1])))
-
-
-def _labels_to_mask(soft: Tensor, stride: int, size: tuple[int, int]) -> np.ndarray:
-    up = F.interpolate(soft[None], scale_factor=stride, mode="bilinear", align_corners=False,
-                       recompute_scale_factor=False)[0]
-    flat = up.flatten(1)
-    lo = flat.min(dim=1).values
-    hi = flat.max(dim=1).values
-    shifted = up - lo[:, None, None]
-    scaled = shifted / shifted.flatten(1).max(dim=1).values[:, None, None]
-    up = torch.where((hi > 0)[:, None, None], scaled, up)
-    index = up.max(dim=0).indices.to(torch.uint8).cpu().numpy()
-    return np.asarray(Image.fromarray(index).resize((size[1], size[0]), Image.NEAREST))
+        up = F.interpolate(soft[None], scale_factor=stride, mode="bilinear", align_corners=False,
+                           recompute_scale_factor=False)[0]
+        flat = up.flatten(1)
+        lo = flat.min(dim=1).values
+        hi = flat.max(dim=1).values
+        shifted = up - lo[:, None, None]
+        scaled = shifted / shifted.flatten(1).max(dim=1).values[:, None, None]
+        up = torch.where((hi > 0)[:, None, None], scaled, up)
+        index = up.max(dim=0).indices.to(torch.uint8)
+        (h, w), device = index.shape, index.device
+        if h != size[0]:
+            index = index.index_select(0, _nearest_index(h, size[0], device))
+        if w != size[1]:
+            index = index.index_select(1, _nearest_index(w, size[1], device))
+        if extra is None:
+            return index.cpu().numpy(), None
+        both = torch.cat([index.reshape(-1), extra.to(device, torch.int64).reshape(-1).view(torch.uint8)]).cpu().numpy()
+        cut = size[0] * size[1]
+        return both[:cut].reshape(size), both[cut:].view(np.int64)
