@@ -171,10 +171,10 @@ def test_stage_builds_its_model_only_on_a_cache_miss(tmp_path, monkeypatch):
         warm.extract(frames(1, seed=5))  # a new frame: a miss, so the model is needed
 
 
-def test_stream_batches_with_the_first_frame_alone(tmp_path):
+def test_stream_batches_full_from_the_first_frame(tmp_path):
     from vidprop.features.stage import batches
 
-    assert [len(b) for b in batches(range(20), 8)] == [1, 8, 8, 3]
+    assert [len(b) for b in batches(range(20), 8)] == [8, 8, 4]
     assert [len(b) for b in batches(range(1), 8)] == [1]
     assert list(batches([], 8)) == []
     stage = FeatureStage(FeatureConfig(backend="lab"))
@@ -184,3 +184,31 @@ def test_stream_batches_with_the_first_frame_alone(tmp_path):
     reference = create_extractor("lab").extract(images)
     for (_, fmap), ref in zip(out, reference):
         torch.testing.assert_close(fmap.features, ref, rtol=0, atol=0)
+
+
+def test_stage_compile_and_tf32_options(tmp_path, monkeypatch):
+    """runtime.compile builds the model compiled (a backend without a model refuses it); TF32 is a
+    CUDA setting, switched only around the extractor and restored after."""
+    from vidprop.device import tf32_matmuls
+
+    with pytest.raises(ConfigError) as info:
+        FeatureStage(FeatureConfig(backend="lab"), compile=True)
+    assert info.value.key == "runtime.compile" and "lab" in str(info.value)
+    calls = []
+
+    class CompilableLab(LabExtractor):
+        def compile_model(self):
+            calls.append(1)
+
+    stage = FeatureStage(FeatureConfig(backend="lab"), extractor=CompilableLab(LabConfig()), compile=True)
+    stage.extract(frames(2))
+    stage.extract(frames(2))
+    assert calls == [1]
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32)
+    for enabled in (True, False):
+        with tf32_matmuls(torch.device("cuda"), enabled):
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == (enabled, enabled)
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == before
+        with tf32_matmuls(torch.device("cpu"), enabled):
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == before

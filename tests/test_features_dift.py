@@ -267,3 +267,54 @@ def test_a_loaded_model_serves_other_timesteps_and_blocks_exactly(tiny_sd_dir, i
     assert loaded.reconfigure(dataclasses.replace(config, up_ft_index=3)) is None  # block 3 was dropped when loading
     assert loaded.reconfigure(dataclasses.replace(config, prompt="a photo")) is None
     assert loaded.reconfigure(config, dtype=torch.bfloat16) is None
+
+
+def test_noise_is_seeded_from_the_frame_pixels_as_before(block2, images):
+    """Each frame's draws come from a CPU generator seeded with blake2b(seed, float32 pixels): the recipe
+    cached features were made with (drawn on the CPU on every device, then uploaded)."""
+    import hashlib
+
+    eps, noise = block2.draw_noise(images)
+    for b, image in enumerate(images):
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update((0).to_bytes(8, "little", signed=True))
+        digest.update(image.float().contiguous().numpy().tobytes())
+        gen = torch.Generator("cpu").manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
+        torch.testing.assert_close(eps[b], torch.randn(tuple(eps.shape[1:]), generator=gen), rtol=0, atol=0)
+        torch.testing.assert_close(noise[b], torch.randn(tuple(noise.shape[1:]), generator=gen), rtol=0, atol=0)
+
+
+def test_vae_dtype_option(tiny_sd_dir, block2, images):
+    cfg = DiftConfig(model_id=str(tiny_sd_dir), up_ft_index=2, ensemble_size=4, vae_dtype="bfloat16")
+    bf16 = create_extractor(cfg)
+    assert bf16.vae.dtype == torch.bfloat16 and bf16.unet.dtype == torch.float32
+    got, want = bf16.extract(images), block2.extract(images)
+    assert got.dtype == torch.float32 and 0 < (got - want).norm() / want.norm() < 0.05
+    assert bf16.cache_key["vae_dtype"] == "bfloat16" and "vae_dtype" not in block2.cache_key  # old caches stay valid
+    with pytest.raises(ConfigError) as info:
+        from vidprop.config_base import from_dict
+
+        from_dict(FeatureConfig, {"dift": {"vae_dtype": "float64"}}, prefix="features.")
+    assert info.value.key == "features.dift.vae_dtype"
+
+
+def _compiled_vs_eager(tiny_sd_dir, images, **options):
+    kw = dict(model_id=str(tiny_sd_dir), up_ft_index=(1, 2), ensemble_size=2, batch_size=4)
+    eager = create_extractor("dift_sd", **kw)
+    compiled = create_extractor("dift_sd", **kw)
+    assert compiled.compile_model(**options) > 10  # ResNet and transformer blocks of the UNet and the VAE encoder
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in compiled._capture.modules.values())  # hooks stay eager
+    return compiled.extract(images), eager.extract(images)
+
+
+def test_compiled_units_keep_the_capture_hooks_eager(tiny_sd_dir, images):
+    """torch.compile's graph capture (dynamo) on every unit, without code generation: the same features, exactly."""
+    got, want = _compiled_vs_eager(tiny_sd_dir, images[:1], backend="eager")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_compiled_features_equal_eager_to_tolerance(tiny_sd_dir, images):
+    """The default compiler (inductor: generated kernels, minutes on a CPU) gives the eager features to rounding."""
+    got, want = _compiled_vs_eager(tiny_sd_dir, images)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

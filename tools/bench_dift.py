@@ -30,11 +30,17 @@ It reports seconds per frame for each (median over ``--repeats`` alternating run
 and the largest relative difference between the two features (they must agree: same draws, same
 maths). On CUDA it also runs float16/bfloat16 and reports peak GPU memory.
 
+vidprop's GPU options: ``--vae-dtype same`` runs SD's VAE encoder in the UNet's dtype
+(``features.dift.vae_dtype``; default float32), ``--compile`` compiles vidprop's UNet blocks
+(``runtime.compile``; the warm-up frame pays the compilation), ``--no-tf32`` turns TF32 off for
+both sides (``runtime.tf32``; on by default, as in a run).
+
 Examples::
 
     python tools/bench_dift.py                          # DAVIS setting: 480x832, t=51, block 2, ensemble 8
     python tools/bench_dift.py --size 128x224 --ensemble 2 --frames 1     # a quick CPU check
     python tools/bench_dift.py --device cuda --dtypes float32,bfloat16,float16 --frames 8
+    python tools/bench_dift.py --device cuda --dtypes bfloat16 --vae-dtype same --compile --frames 8 --skip-baseline
     python tools/bench_dift.py --backend dift_adm       # 480x832, t=51, output block 7, ensemble 4, fp32
 """
 
@@ -54,7 +60,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vidprop.device import resolve_device  # noqa: E402
+from vidprop.device import resolve_device, tf32_matmuls  # noqa: E402
 from vidprop.features.config import DiftConfig  # noqa: E402
 from vidprop.features.dift_sd import DiftExtractor  # noqa: E402
 
@@ -187,8 +193,9 @@ def _reset_peak(device: torch.device) -> None:
 
 def run_one(args, device: torch.device, dtype: torch.dtype) -> dict:
     height, width = args.size
+    vae_dtype = str(dtype).removeprefix("torch.") if args.vae_dtype == "same" else args.vae_dtype
     cfg = DiftConfig(model_id="random-sd21", timestep=args.timestep, up_ft_index=args.up_ft_index,
-                     ensemble_size=args.ensemble, batch_size=args.batch_size, seed=args.seed)
+                     ensemble_size=args.ensemble, batch_size=args.batch_size, seed=args.seed, vae_dtype=vae_dtype)
     unet, vae, scheduler, embeds = build_models(args.seed, device, dtype)
     gen = torch.Generator().manual_seed(args.seed)
     images = (torch.rand(args.frames, 3, height, width, generator=gen) * 2 - 1).to(device)
@@ -196,7 +203,7 @@ def run_one(args, device: torch.device, dtype: torch.dtype) -> dict:
     eps, noise = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
     result: dict = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "frames": args.frames,
                     "ensemble": args.ensemble, "size": [height, width], "up_ft_index": args.up_ft_index,
-                    "timestep": args.timestep, "batch_size": args.batch_size}
+                    "timestep": args.timestep, "batch_size": args.batch_size, **_options(args, device), "vae_dtype": vae_dtype}
 
     baseline = None
     if not args.skip_baseline:
@@ -216,7 +223,10 @@ def run_one(args, device: torch.device, dtype: torch.dtype) -> dict:
               f"(VAE {timings['vae_s'] / args.frames:.2f} s, UNet {timings['unet_s'] / args.frames:.2f} s)", flush=True)
 
     # The extractor truncates its UNet: give it a shallow copy that shares every weight.
-    extractor = DiftExtractor.from_components(cfg, shallow_unet_copy(unet), vae, scheduler, embeds, device=device, dtype=dtype)
+    own_vae = vae if vae_dtype == "float32" else copy.deepcopy(vae)  # the extractor casts its VAE; the baseline's stays fp32
+    extractor = DiftExtractor.from_components(cfg, shallow_unet_copy(unet), own_vae, scheduler, embeds, device=device, dtype=dtype)
+    if args.compile:
+        extractor.compile_model()
     if args.warmup:
         extractor.extract_layers_with_noise(images[:1], eps[:1], noise[:1])
     times = []
@@ -425,6 +435,8 @@ def run_adm(args, device: torch.device, dtype: torch.dtype) -> dict:
                     batch_size=args.batch_size or 8, seed=args.seed)
     up_block = args.output_block // (arch.num_res_blocks + 1)
     extractor = AdmExtractor.from_unet(cfg, shallow_adm_copy(unet, up_block), arch, device=device, dtype=dtype)
+    if args.compile:
+        extractor.compile_model()
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     def ours():
@@ -437,7 +449,7 @@ def run_adm(args, device: torch.device, dtype: torch.dtype) -> dict:
     result: dict = {"backend": "dift_adm", "device": str(device), "dtype": str(dtype).removeprefix("torch."),
                     "frames": args.frames, "ensemble": ensemble, "size": [height, width], "output_block": args.output_block,
                     "timestep": args.timestep, "batch_size": cfg.batch_size, "baseline_full_forward": args.baseline_full_forward,
-                    "load_average_before": os.getloadavg()}
+                    "load_average_before": os.getloadavg(), **_options(args, device)}
     flops = count_adm_flops(arch, (height, width), ensemble, args.output_block, False)
     flops_full = count_adm_flops(arch, (height, width), ensemble, args.output_block, True)
     ideal = {name: flops / (tf * 1e12) for name, tf in H100_TFLOPS.items()}
@@ -480,6 +492,11 @@ def run_adm(args, device: torch.device, dtype: torch.dtype) -> dict:
     return result
 
 
+def _options(args, device: torch.device) -> dict:
+    """vidprop's GPU options of this run, for the results."""
+    return {"tf32": bool(args.tf32 and device.type == "cuda"), "compile": bool(args.compile)}
+
+
 def parse_size(text: str) -> tuple[int, int]:
     height, width = (int(v) for v in text.lower().split("x"))
     if height % 32 or width % 32:
@@ -508,6 +525,11 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None, help="one untimed frame first (default: on for GPU)")
     parser.add_argument("--skip-baseline", action="store_true", help="time only vidprop")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--vae-dtype", default="float32", choices=("float32", "bfloat16", "float16", "same"),
+                        help="dift_sd: vidprop's VAE encoder dtype; 'same' = each run's UNet dtype (default float32)")
+    parser.add_argument("--compile", action="store_true", help="compile vidprop's UNet (and VAE encoder) blocks with torch.compile")
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                        help="TF32 float32 matmuls and convolutions on CUDA, both sides (default on, as runtime.tf32)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -517,12 +539,13 @@ def main(argv=None) -> int:
     dtypes = args.dtypes.split(",") if args.dtypes else (["float32"] if device.type == "cpu" else ["float32", "bfloat16", "float16"])
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"bench_dift: {machine}; torch {torch.__version__}; args {vars(args)}", flush=True)
-    if args.backend == "dift_adm":
-        results = [run_adm(args, device, getattr(torch, name)) for name in dtypes]
-    else:
-        args.ensemble = args.ensemble or 8
-        args.batch_size = args.batch_size or 8
-        results = [run_one(args, device, getattr(torch, name)) for name in dtypes]
+    with tf32_matmuls(device, args.tf32):
+        if args.backend == "dift_adm":
+            results = [run_adm(args, device, getattr(torch, name)) for name in dtypes]
+        else:
+            args.ensemble = args.ensemble or 8
+            args.batch_size = args.batch_size or 8
+            results = [run_one(args, device, getattr(torch, name)) for name in dtypes]
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "torch": torch.__version__, "cpu_count": os.cpu_count(),
                                          "results": results}, indent=2))

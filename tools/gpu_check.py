@@ -6,13 +6,17 @@ others; everything goes into ``OUT/gpu_check.json`` and ``OUT/gpu_check.md``:
 
 1. ``tests``: ``pytest -m gpu`` (propagation on CUDA equals CPU; features on CUDA equal CPU).
 2. ``dift_sd``: ``tools/bench_dift.py`` on the full-size SD 2.1 architecture with random weights,
-   ensemble 8, float32 and bfloat16 (frames/s, peak GPU memory).
-3. ``dift_adm``: ``tools/bench_dift.py --backend dift_adm``, ensemble 4, float32 and bfloat16
+   ensemble 8: float32 with TF32 (the default on CUDA, ``runtime.tf32``) and bfloat16 UNet + VAE
+   (``runtime.dtype``, ``features.dift.vae_dtype``) (frames/s, peak GPU memory);
+   ``dift_sd_no_tf32``: float32 without TF32; ``dift_sd_compile``: bfloat16 UNet + VAE with
+   ``torch.compile`` (``runtime.compile``; the warm-up frame pays the compilation).
+3. ``dift_adm``: ``tools/bench_dift.py --backend dift_adm``, ensemble 4, float32 (TF32) and bfloat16
    (frames/s, peak GPU memory, achieved TFLOP/s against bench_dift's matmul + conv FLOP count).
 4. ``propagation``: ``tools/bench_propagation.py --sections dift --dift-variants torch --device cuda``.
 5. ``e2e``: ``vidprop davis`` on 3 DAVIS sample sequences with a random-weight, full-size SD 2.1
-   written here in the diffusers layout (frames/s; GPU utilisation sampled with nvidia-smi every
-   0.5 s while it runs, or ``torch.cuda.utilization`` when nvidia-smi is missing).
+   written here in the diffusers layout, bfloat16 UNet + VAE, TF32, the writer thread (frames/s;
+   GPU utilisation sampled with nvidia-smi every 0.5 s while it runs, or ``torch.cuda.utilization``
+   when nvidia-smi is missing).
 
 Nothing is downloaded: it needs only the project's own dependencies (``pip install -e ".[test]"``
 with a CUDA build of torch). ``--device cpu --tiny`` runs the same steps at tiny sizes on the
@@ -37,6 +41,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# (step, backend, bench_dift options, timeout s): the DIFT benchmarks, full-size architectures with random weights
+DIFT_STEPS = (
+    ("dift_sd", "dift_sd", ["--ensemble", "8", "--dtypes", "float32,bfloat16", "--vae-dtype", "same"], 150),
+    ("dift_sd_no_tf32", "dift_sd", ["--ensemble", "8", "--dtypes", "float32", "--no-tf32"], 90),
+    ("dift_sd_compile", "dift_sd", ["--ensemble", "8", "--dtypes", "bfloat16", "--vae-dtype", "same", "--compile"], 240),
+    ("dift_adm", "dift_adm", ["--ensemble", "4", "--dtypes", "float32,bfloat16"], 150),
+)
+# the end-to-end run's options beyond the preset: the fast settings the README's GPU target is about
+E2E_SETTINGS = ("runtime.dtype=bfloat16", "features.dift.vae_dtype=bfloat16", "runtime.tf32=true")
 SEQUENCES = ("blackswan", "camel", "dog")
 TINY_FRAMES = 4  # frames per sequence of the --tiny end-to-end run
 
@@ -120,6 +133,7 @@ def _dift_summary(bench_json: Path) -> list[dict]:
     for r in json.loads(bench_json.read_text())["results"]:
         ours = r["vidprop"]
         row = {"backend": r["backend"] if "backend" in r else "dift_sd", "dtype": r["dtype"], "ensemble": r["ensemble"],
+               "vae_dtype": r.get("vae_dtype"), "tf32": r.get("tf32"), "compile": r.get("compile"),
                "size": r["size"], "frames_per_s": 1.0 / ours["s_per_frame"], "peak_mib": ours.get("peak_mib"),
                "peak_method": ours.get("peak_method", "cuda max_memory_allocated" if r["device"].startswith("cuda") else None)}
         flops = r.get("flops_per_frame", {}).get("vidprop")
@@ -175,11 +189,13 @@ def markdown(report: dict) -> str:
     tests = report["steps"].get("tests", {})
     if tests.get("summary"):
         lines += ["", f"GPU tests: {tests['summary']}"]
-    rows = [r for name in ("dift_sd", "dift_adm") for r in report["steps"].get(name, {}).get("results", [])]
+    rows = [r for name, _, _, _ in DIFT_STEPS for r in report["steps"].get(name, {}).get("results", [])]
     if rows:
-        lines += ["", "| backend | dtype | ensemble | size | frames/s | peak MiB | TFLOP/frame | achieved TFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| backend | dtype | VAE dtype | TF32 | compiled | ensemble | size | frames/s | peak MiB | TFLOP/frame | achieved TFLOP/s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
-        lines += [f"| {r['backend']} | {r['dtype']} | {r['ensemble']} | {r['size'][0]}x{r['size'][1]} | {r['frames_per_s']:.2f} | "
+        lines += [f"| {r['backend']} | {r['dtype']} | {r['vae_dtype'] or '-'} | {r['tf32']} | {r['compile']} | {r['ensemble']} | "
+                  f"{r['size'][0]}x{r['size'][1]} | {r['frames_per_s']:.2f} | "
                   f"{fmt(r['peak_mib'], '.0f')} | {fmt(r['tflops_per_frame'], '.2f')} | {fmt(r['achieved_tflop_s'], '.1f')} |" for r in rows]
     prop = report["steps"].get("propagation", {}).get("results")
     if prop:
@@ -187,7 +203,8 @@ def markdown(report: dict) -> str:
     e2e = report["steps"].get("e2e", {})
     if e2e.get("frames_per_s") is not None:
         u = e2e["gpu_utilisation"]
-        lines += ["", f"End to end: `vidprop davis` on {', '.join(e2e['sequences'])} ({e2e['frames']} frames): "
+        lines += ["", f"End to end: `vidprop davis` on {', '.join(e2e['sequences'])} ({e2e['frames']} frames, "
+                  f"{', '.join(e2e['settings'])}): "
                   f"{e2e['frames_per_s']:.2f} frames/s including model load; GPU utilisation {u['method']}: "
                   f"mean {u['mean_pct']} %, max {u['max_pct']} % over {u['samples']} samples."]
     for name, s in report["steps"].items():
@@ -205,7 +222,8 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny sizes (CI smoke test on the CPU)")
     p.add_argument("--davis-root", type=Path, default=REPO.parent / "shared" / "davis-sample")
     p.add_argument("--sequences", default=",".join(SEQUENCES), help="end-to-end sequences (default 3)")
-    p.add_argument("--steps", default="tests,dift_sd,dift_adm,propagation,e2e", help="comma-separated steps to run")
+    p.add_argument("--steps", default=",".join(["tests", *(d[0] for d in DIFT_STEPS), "propagation", "e2e"]),
+                   help="comma-separated steps to run (default all)")
     p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every step's timeout")
     args = p.parse_args(argv)
     import torch
@@ -244,16 +262,16 @@ def main(argv=None) -> int:
             s["status"] = "ok"  # pytest exits 5 when every selected test is deselected/skipped; the summary says so
         steps["tests"] = s
 
-    for name, backend, ensemble in (("dift_sd", "dift_sd", 8), ("dift_adm", "dift_adm", 4)):
+    for name, backend, options, timeout in DIFT_STEPS:
         if name not in wanted:
             continue
         if args.tiny:
             steps[name] = {"status": "skipped", "reason": "full-size architecture; not run with --tiny"}
             continue
         bench_json = logs / f"{name}.json"
-        s = run_step(name, [py, "tools/bench_dift.py", "--backend", backend, "--device", args.device, "--ensemble", str(ensemble),
-                            "--dtypes", "float32,bfloat16", "--frames", "8", "--skip-baseline", "--json", str(bench_json)],
-                     150 * scale, logs)
+        s = run_step(name, [py, "tools/bench_dift.py", "--backend", backend, "--device", args.device, *options,
+                            "--frames", "8", "--skip-baseline", "--json", str(bench_json)],
+                     timeout * scale, logs)
         if bench_json.exists():
             s["results"] = _dift_summary(bench_json)
         steps[name] = s
@@ -287,12 +305,14 @@ def main(argv=None) -> int:
         cmd = [py, "-m", "vidprop", "davis", "--config", str(REPO / "configs" / "davis2017_dift_sd.yaml"),
                "--davis-root", str(davis_root), "--sequences", ",".join(sequences), "--out", str(run_out),
                "--device", args.device, "--set", f"features.dift.model_id={model}"]
+        for setting in E2E_SETTINGS:
+            cmd += ["--set", setting]
         if args.tiny:
             cmd += ["--short-side", "64", "--set", "features.dift.ensemble_size=1", "--set", "features.dift.up_ft_index=1"]
         with UtilSampler(args.device) as sampler:
             s = run_step("e2e", cmd, 180 * scale, logs, env={"HF_HUB_OFFLINE": "1"})
         frames = _count_frames(davis_root, sequences)
-        s.update(sequences=sequences, frames=frames, model_build_s=built, gpu_utilisation=sampler.summary(),
+        s.update(sequences=sequences, frames=frames, model_build_s=built, gpu_utilisation=sampler.summary(), settings=list(E2E_SETTINGS),
                  frames_per_s=frames / s["wall_s"] if s["status"] == "ok" else None)
         steps["e2e"] = s
 

@@ -58,10 +58,27 @@ Overrides = Iterable["str | tuple[str, Any]"] | Mapping[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
-    """Where and how a run executes; none of it changes the masks except ``device``/``dtype`` rounding."""
+    """Where and how a run executes; none of it changes the masks except rounding (``device``, ``dtype``,
+    ``tf32``, ``compile``)."""
 
     device: str = option("auto", help="torch device: 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'")
     dtype: str = option("float32", help="compute dtype of the feature extractor: float32, float16 or bfloat16")
+    tf32: bool = option(
+        True,
+        help="on CUDA, the feature model's float32 matrix products and convolutions use TF32 tensor cores (factors "
+        "rounded to a 10-bit mantissa, float32 sums; ~1e-3 relative error per product); false = full float32. "
+        "Propagation always runs in full float32",
+    )
+    compile: bool = option(
+        False,
+        help="compile the feature model's UNet blocks with torch.compile (the first frames of each frame size wait "
+        "for the compiler; features equal eager ones to rounding)",
+    )
+    write_queue: int = option(
+        8,
+        help="masks waiting for the writer thread, which encodes and fsyncs the PNGs while the next frames are "
+        "computed; 0 = write them on the main thread",
+    )
     num_shards: int = option(1, help="split the videos into this many shards (taken from WORLD_SIZE under torchrun)")
     shard_index: int = option(0, help="which shard this process runs, 0 <= shard_index < num_shards (RANK under torchrun)")
     overwrite: bool = option(False, help="redo videos whose outputs are already complete")
@@ -80,6 +97,10 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         check(is_device_name(self.device), "device", self.device, "'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'")
         check(self.dtype in COMPUTE_DTYPES, "dtype", self.dtype, f"one of {', '.join(COMPUTE_DTYPES)}")
+        check(isinstance(self.tf32, bool), "tf32", self.tf32, "true or false")
+        check(isinstance(self.compile, bool), "compile", self.compile, "true or false")
+        check(isinstance(self.write_queue, int) and not isinstance(self.write_queue, bool) and self.write_queue >= 0,
+              "write_queue", self.write_queue, "an integer >= 0")
         check(self.num_shards >= 1, "num_shards", self.num_shards, "an integer >= 1")
         check(
             0 <= self.shard_index < self.num_shards,

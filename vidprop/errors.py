@@ -18,6 +18,7 @@ __all__ = [
     "ModelNotFoundError",
     "CheckpointError",
     "ShapeError",
+    "OutputError",
 ]
 
 
@@ -69,3 +70,11 @@ class CheckpointError(InputError):
 
 class ShapeError(InputError):
     """Propagation or scoring inputs that disagree (channels, grid, sizes, NaN)."""
+
+
+class OutputError(VidpropError):
+    """An output file could not be written (disk full, permissions); ``path`` names it."""
+
+    def __init__(self, message: str, path: str | PathLike | None = None):
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {message}" if self.path is not None else message)

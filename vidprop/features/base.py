@@ -96,12 +96,16 @@ class FeatureExtractor(Protocol):
         """Features of a batch of frames.
 
         Args:
-            images: (B, 3, h*stride, w*stride) float RGB in [-1, 1].
+            images: (B, 3, h*stride, w*stride) float RGB in [-1, 1], on the CPU (as
+                :class:`~vidprop.features.stage.FeatureStage` passes them) or any device; the
+                extractor moves them to its device (:func:`vidprop.device.upload`).
 
         Returns:
             (B, C, h, w) float32 features (on CPU or the extractor's device).
         """
         ...
+
+    # Optional: ``compile_model()`` compiles the model in place with torch.compile (runtime.compile).
 
 
 class ExtractorBase:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vidprop.config_base import check, option
+from vidprop.device import COMPUTE_DTYPES
 
 __all__ = ["DiftConfig", "AdmConfig", "LabConfig", "CacheConfig", "FeatureConfig", "DEFAULT_SD_MODEL_ID", "CACHE_DTYPES"]
 
@@ -37,6 +38,11 @@ class DiftConfig:
     prompt: str = option("", help="text prompt whose embedding conditions the UNet (DIFT uses the empty prompt)")
     batch_size: int = option(8, help="noisy latents per UNet call (ensemble members x frames)")
     seed: int = option(0, help="seed of the posterior and noise draws (each frame's draws also depend on its pixels)")
+    vae_dtype: str = option(
+        "float32",
+        help="compute dtype of the VAE encoder: float32, bfloat16 or float16 (float16 may overflow in SD's VAE; the "
+        "UNet's dtype is runtime.dtype)",
+    )
     hub_timeout_s: float = option(10.0, help="seconds to wait for the Hub before giving up when weights are not cached")
 
     def __post_init__(self) -> None:
@@ -51,6 +57,7 @@ class DiftConfig:
         check(isinstance(self.ensemble_size, int) and self.ensemble_size >= 1, "ensemble_size", self.ensemble_size, "an integer >= 1")
         check(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         check(isinstance(self.seed, int), "seed", self.seed, "an integer")
+        check(self.vae_dtype in COMPUTE_DTYPES, "vae_dtype", self.vae_dtype, f"one of {', '.join(COMPUTE_DTYPES)}")
         check(self.hub_timeout_s > 0, "hub_timeout_s", self.hub_timeout_s, "a positive number of seconds")
 
     @property

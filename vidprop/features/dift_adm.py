@@ -23,12 +23,13 @@ concatenates each level's skip connection on the way up (the original never pads
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from vidprop.device import dtype_name
+from vidprop.device import dtype_name, upload
 from vidprop.errors import ConfigError, ModelNotFoundError, ShapeError
 from vidprop.features.adm_convert import (
     HOW_TO_GET,
@@ -41,7 +42,7 @@ from vidprop.features.adm_convert import (
 )
 from vidprop.features.base import ExtractorBase, FeatureSpec, check_images, register_extractor
 from vidprop.features.config import AdmConfig
-from vidprop.features.unet_common import BlockCapture, Removed, check_dtype, frame_generator, to_device
+from vidprop.features.unet_common import BlockCapture, Removed, check_dtype, compile_units, frame_generator, to_device
 
 __all__ = ["AdmExtractor", "linear_schedule_coefficients"]
 
@@ -195,6 +196,13 @@ class AdmExtractor(ExtractorBase):
         for part in ("conv_norm_out", "conv_act", "conv_out"):
             setattr(unet, part, Removed(f"unet.{part}"))
 
+    def compile_model(self, **options: Any) -> int:
+        """Compile the UNet's blocks in place (``runtime.compile``); the captured block stays eager
+        (its hook stops the forward). Returns how many; ``options`` go to ``torch.compile``."""
+        count = compile_units(self.unet, self._capture.modules.values(), **options)
+        logger.info("DIFT_adm: %d UNet blocks compiled with torch.compile", count)
+        return count
+
     # ---- noise -------------------------------------------------------------------------
 
     def draw_noise(self, images: torch.Tensor, ensemble_size: int | None = None) -> torch.Tensor:
@@ -226,10 +234,10 @@ class AdmExtractor(ExtractorBase):
 
     def noisy_images(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """``x_t`` for frames (B, 3, H, W) and draws (B, E, 3, H, W): (B*E, 3, H, W) float32, frame-major."""
-        x0 = images.to(self.device, torch.float32)[:, None]
+        x0 = upload(images, self.device, torch.float32)[:, None]
         a = torch.tensor(self.sqrt_alpha_bar, dtype=torch.float32)
         b = torch.tensor(self.sqrt_one_minus_alpha_bar, dtype=torch.float32)
-        return (a * x0 + b * noise.to(self.device, torch.float32)).flatten(0, 1)
+        return (a * x0 + b * upload(noise, self.device, torch.float32)).flatten(0, 1)
 
     def unet_features(self, x_t: torch.Tensor) -> torch.Tensor:
         """Run the (truncated) UNet on noisy frames (N, 3, H, W); return the block's (N, C, h, w) output."""

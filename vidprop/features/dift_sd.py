@@ -24,7 +24,14 @@ config sets ``upcast_attention``, which diffusers only honours in its classic (n
 processor; the SDPA kernels accumulate the softmax in float32 for float16/bfloat16 inputs
 (flash / memory-efficient kernels, and the math kernel unless
 ``torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)``), so half precision does not
-overflow. The VAE always runs in float32 (once per frame, so it costs little).
+overflow. The VAE encoder runs in ``vae_dtype`` (float32 by default; once per frame, so it costs
+little); its posterior mean and standard deviation are used in float32.
+
+On a GPU: each frame's noise is drawn on the CPU from its own generator, seeded from the CPU copy
+of the frame before the frame is uploaded, so the draws are the same on every device (CUDA's
+generators give other numbers for the same seed) and cached features stay valid; frames and draws
+go up through pinned memory without waiting (:func:`vidprop.device.upload`). ``compile_model``
+compiles the UNet's and the VAE encoder's blocks (:func:`~vidprop.features.unet_common.compile_units`).
 """
 
 from __future__ import annotations
@@ -42,11 +49,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidprop.device import dtype_name
+from vidprop.device import dtype_name, torch_dtype, upload
 from vidprop.errors import ConfigError, ModelNotFoundError, ShapeError
 from vidprop.features.base import ExtractorBase, FeatureSpec, check_images, register_extractor
 from vidprop.features.config import DiftConfig
-from vidprop.features.unet_common import BlockCapture, Removed, check_dtype, files_fingerprint, frame_generator, to_device
+from vidprop.features.unet_common import (BlockCapture, Removed, check_dtype, compile_units, files_fingerprint, frame_generator,
+                                          to_device)
 
 __all__ = ["DiftExtractor", "resolve_model_dir", "download_command", "REQUIRED_SUBFOLDERS", "up_block_geometry", "weights_fingerprint", "encode_prompt"]
 
@@ -224,6 +232,8 @@ def _describe(config: DiftConfig, dtype: torch.dtype, unet_config: Any, vae_conf
         "seed": config.seed,
         "dtype": dtype_name(dtype),
     }
+    if config.vae_dtype != "float32":  # absent at the default, so caches filled before the option stay valid
+        key["vae_dtype"] = config.vae_dtype
     if weights is not None:
         key["weights"] = weights
     return FeatureSpec(
@@ -289,7 +299,7 @@ class DiftExtractor(ExtractorBase):
         logger.info("loading Stable Diffusion from %s (model %s, revision %s)", model_dir, config.model_id, config.revision)
         try:
             prompt_embeds = encode_prompt(model_dir, config.prompt)
-            vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=torch.float32)
+            vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=torch_dtype(config.vae_dtype))
             unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=dtype)
             scheduler = DDIMScheduler.from_pretrained(model_dir, subfolder="scheduler")
         except OSError as exc:  # missing or unreadable weight/config files in the folder
@@ -348,7 +358,8 @@ class DiftExtractor(ExtractorBase):
         vae.decoder = None
         if getattr(vae, "post_quant_conv", None) is not None:
             vae.post_quant_conv = None
-        self.vae = to_device(vae, self.device, torch.float32).eval().requires_grad_(False)
+        self.vae_dtype = torch_dtype(config.vae_dtype)
+        self.vae = to_device(vae, self.device, self.vae_dtype).eval().requires_grad_(False)
 
         self._kept_blocks = max(config.layers) + 1  # the up blocks after the deepest requested one are dropped
         for j in range(self._kept_blocks, len(unet.up_blocks)):
@@ -385,14 +396,15 @@ class DiftExtractor(ExtractorBase):
     ) -> "DiftExtractor | None":
         """An extractor of ``config`` on this extractor's loaded modules, or None when they cannot serve it.
 
-        They serve any setting of the same weights (model id, revision), prompt, device and dtype
-        whose up blocks were kept (none deeper than the deepest this extractor was built for):
+        They serve any setting of the same weights (model id, revision), prompt, device, dtype and
+        VAE dtype whose up blocks were kept (none deeper than the deepest this extractor was built for):
         another timestep, ensemble size, seed, batch size or up block. The result gives exactly
         the features, and has the spec (cache key included), of an extractor built from
         ``config``; this extractor stays usable (both share the modules, each captures its own
         blocks).
         """
-        same_model = (config.model_id, config.revision, config.prompt) == (self.config.model_id, self.config.revision, self.config.prompt)
+        same_model = (config.model_id, config.revision, config.prompt, config.vae_dtype) == (
+            self.config.model_id, self.config.revision, self.config.prompt, self.config.vae_dtype)
         if not same_model or torch.device(device) != self.device or dtype != self.dtype or max(config.layers) >= self._kept_blocks:
             return None
         other = type(self).__new__(type(self))
@@ -400,6 +412,16 @@ class DiftExtractor(ExtractorBase):
         weights = self.spec.cache_key.get("weights")
         other._bind(config, _describe(config, dtype, self.unet.config, self.vae.config, weights))
         return other
+
+    def compile_model(self, **options: Any) -> int:
+        """Compile the UNet's and the VAE encoder's blocks in place (``runtime.compile``); returns how many.
+
+        The captured up blocks stay eager (their hooks stop the forward), the blocks inside them are
+        compiled. ``options`` go to ``torch.compile``.
+        """
+        count = compile_units(self.unet, self._capture.modules.values(), **options) + compile_units(self.vae.encoder, **options)
+        logger.info("DIFT: %d UNet and VAE blocks compiled with torch.compile", count)
+        return count
 
     # ---- noise -------------------------------------------------------------------------
 
@@ -432,9 +454,12 @@ class DiftExtractor(ExtractorBase):
     # ---- the computation ---------------------------------------------------------------
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and standard deviation of the VAE's latent posterior, each (B, 4, H/8, W/8) float32."""
-        posterior = self.vae.encode(images.to(self.device, torch.float32)).latent_dist
-        return posterior.mean, posterior.std
+        """Mean and standard deviation of the VAE's latent posterior, each (B, 4, H/8, W/8) float32.
+
+        The encoder computes in ``config.vae_dtype``.
+        """
+        posterior = self.vae.encode(upload(images.float(), self.device, self.vae_dtype)).latent_dist
+        return posterior.mean.float(), posterior.std.float()
 
     def noisy_latents(self, images: torch.Tensor, posterior_eps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The UNet inputs: scaled posterior samples noised to ``config.timestep``.
@@ -447,11 +472,11 @@ class DiftExtractor(ExtractorBase):
             (B*E, 4, H/8, W/8) float32, frame-major (frame b's members are rows b*E .. b*E+E-1).
         """
         mean, std = self.encode(images)
-        eps = posterior_eps.to(self.device, torch.float32)
+        eps = upload(posterior_eps, self.device, torch.float32)
         latents = (mean[:, None] + std[:, None] * eps) * self.scaling_factor
         latents = latents.flatten(0, 1)
         timesteps = torch.full((latents.shape[0],), self.config.timestep, dtype=torch.long, device=self.device)
-        return self.scheduler.add_noise(latents, noise.to(self.device, torch.float32).flatten(0, 1), timesteps)
+        return self.scheduler.add_noise(latents, upload(noise, self.device, torch.float32).flatten(0, 1), timesteps)
 
     def unet_features(self, latents: torch.Tensor) -> dict[int, torch.Tensor]:
         """Run the (truncated) UNet on noisy latents (N, 4, h8, w8); return {block: (N, C_i, h_i, w_i)}."""

@@ -17,6 +17,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from vidprop.device import upload
 from vidprop.features.base import ExtractorBase, FeatureSpec, check_images, register_extractor
 from vidprop.features.config import LabConfig
 
@@ -78,7 +79,7 @@ class LabExtractor(ExtractorBase):
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, h*stride, w*stride) frames in [-1, 1] -> (B, C, h, w) float32 (see ``FeatureExtractor.extract``)."""
         h, w = check_images(images, self.stride)
-        lab = rgb_to_lab(images.to(self.device))
+        lab = rgb_to_lab(upload(images, self.device))
         lab = (lab - lab.new_tensor([50.0, 0.0, 0.0])[:, None, None]) / 50.0
         mean = F.avg_pool2d(lab, self.stride)
         parts = [mean]

@@ -7,7 +7,12 @@ on-disk cache (:mod:`vidprop.features.cache`):
   ``describe``, which loads no model;
 - the model itself is built on the first cache miss, so a run over a warm cache never loads it;
 - features come back as the cache stores them (rounded to its dtype), whether computed now or
-  read, so a run gives the same result with a cold or a warm cache.
+  read, so a run gives the same result with a cold or a warm cache; computed features are
+  rounded on the device and stay there (only the copy written to the cache comes back to the host);
+- frames go to the extractor as they come (on the CPU): the diffusion backends seed their noise
+  from those pixels before uploading them, so nothing waits for the GPU to read a frame back;
+- on CUDA the extractor runs with TF32 matrix products unless ``tf32=False``
+  (:func:`vidprop.device.tf32_matmuls`), and its UNet blocks can be compiled (``compile=True``).
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 
-from vidprop.device import dtype_name, resolve_device, torch_dtype
-from vidprop.errors import ShapeError, VidpropError
+from vidprop.device import dtype_name, resolve_device, tf32_matmuls, torch_dtype, upload
+from vidprop.errors import ConfigError, ShapeError, VidpropError
 from vidprop.features.base import FeatureExtractor, FeatureMap, FeatureSpec, create_extractor, describe_extractor, get_backend
 from vidprop.features.cache import FeatureCache, frame_digest
 from vidprop.features.config import FeatureConfig
@@ -41,6 +46,9 @@ class FeatureStage:
         dtype: the model's compute dtype (name or torch dtype).
         extractor: an already built extractor to use instead of building one from ``config``
             (its ``spec`` is used, and ``config.cache`` still applies).
+        tf32: on CUDA, let the extractor's float32 matrix products use TF32 (``runtime.tf32``).
+        compile: compile the extractor's model with ``torch.compile`` when it is built
+            (``runtime.compile``; backends with a ``compile_model`` method).
 
     Attributes:
         spec: what the backend computes (:class:`~vidprop.features.base.FeatureSpec`), known
@@ -49,7 +57,8 @@ class FeatureStage:
             ``config.cache.dir`` is null.
 
     Raises:
-        ConfigError, ModelNotFoundError: from the backend's ``describe`` (bad option, no model).
+        ConfigError, ModelNotFoundError: from the backend's ``describe`` (bad option, no model);
+            ConfigError (key ``runtime.compile``) for ``compile`` with a backend that has no model.
     """
 
     def __init__(
@@ -58,12 +67,22 @@ class FeatureStage:
         device: Any = "cpu",
         dtype: Any = "float32",
         extractor: FeatureExtractor | None = None,
+        tf32: bool = True,
+        compile: bool = False,
     ):
         self.config = config if config is not None else FeatureConfig()
         self.device = resolve_device(device)
         self.dtype = torch_dtype(dtype_name(dtype))
+        self.tf32 = tf32
+        self.compile = compile
+        if compile:
+            factory = type(extractor) if extractor is not None else get_backend(self.config.backend).factory
+            if not callable(getattr(factory, "compile_model", None)):
+                raise ConfigError(f"feature backend {self.config.backend!r} has no model to compile: set it to false",
+                                  key="runtime.compile")
         self._extractor = extractor
         self._reusable: FeatureExtractor | None = None
+        self._compiled = False
         self.spec: FeatureSpec = extractor.spec if extractor is not None else describe_extractor(self.config, dtype=self.dtype)
         cache = self.config.cache
         self.cache = None if cache.dir is None else FeatureCache(cache.dir, self.spec.cache_key, cache.dtype, self.spec.stride)
@@ -102,13 +121,17 @@ class FeatureStage:
                 self._extractor = create_extractor(self.config, device=self.device, dtype=self.dtype)
             if self._extractor.spec != self.spec:  # describe() and the built model must agree
                 raise VidpropError(f"backend {self.spec.name!r}: built {self._extractor.spec}, described {self.spec}")
+        if self.compile and not self._compiled:
+            self._extractor.compile_model()
+            self._compiled = True
         return self._extractor
 
     def extract(self, images: torch.Tensor) -> list[FeatureMap]:
         """Feature maps of a batch of frames, read from the cache where present.
 
         Args:
-            images: (B, 3, H, W) float in [-1, 1] (the resized frames; any device).
+            images: (B, 3, H, W) float in [-1, 1] (the resized frames; on the CPU, where they are
+                decoded, is best: see the module doc).
 
         Returns:
             One :class:`FeatureMap` per frame: (C, h, w) float32 features on this stage's device.
@@ -119,11 +142,11 @@ class FeatureStage:
         if images.ndim != 4:
             raise ShapeError(f"images: expected a (B, 3, H, W) tensor, got {tuple(images.shape)}")
         [features] = _through_caches([self.cache], images, lambda missing: [self._compute(missing)])
-        return [FeatureMap(f.to(device=self.device, dtype=torch.float32), self.spec.stride) for f in features]
+        return [FeatureMap(upload(f, self.device, torch.float32), self.spec.stride) for f in features]
 
     def _compute(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.extractor.extract(images.to(self.device))
+        with torch.inference_mode(), tf32_matmuls(self.device, self.tf32):
+            return self.extractor.extract(images)
 
     def stream(self, items: Iterable[tuple[T, torch.Tensor]]) -> Iterator[tuple[T, FeatureMap]]:
         """Feature maps of a stream of frames, computed in batches (see :func:`batches`).
@@ -165,9 +188,16 @@ def _through_caches(
     if missing:
         computed = compute(images if len(missing) == len(images) else images[missing])
         for per, cache, features in zip(found, caches, computed):
+            if cache is not None:
+                # Rounded to the cache's dtype where computed, and kept there; one transfer brings
+                # the copy to store (what a later read returns, so cold and warm runs agree).
+                features = features.to(cache.dtype)
+                stored = features.cpu()
             for j, i in enumerate(missing):
                 if per[i] is None:
-                    per[i] = features[j] if cache is None else cache.put(digests[i], features[j], size)
+                    if cache is not None:
+                        cache.put(digests[i], stored[j], size)
+                    per[i] = features[j]
     return found  # type: ignore[return-value]
 
 
@@ -193,7 +223,7 @@ class SharedFeatureStage:
 
     Args:
         configs: the feature settings (the ``features`` sections), at least one.
-        device, dtype: as for :class:`FeatureStage`.
+        device, dtype, tf32, compile: as for :class:`FeatureStage`.
 
     Attributes:
         specs: each setting's :class:`~vidprop.features.base.FeatureSpec` (no model loaded).
@@ -204,7 +234,8 @@ class SharedFeatureStage:
             UNet does not have), before any compute.
     """
 
-    def __init__(self, configs: Sequence[FeatureConfig], device: Any = "cpu", dtype: Any = "float32"):
+    def __init__(self, configs: Sequence[FeatureConfig], device: Any = "cpu", dtype: Any = "float32", tf32: bool = True,
+                 compile: bool = False):
         configs = list(configs)
         if not configs or any(shared_pass_key(c) != shared_pass_key(configs[0]) for c in configs):
             raise ValueError("settings that differ in more than their backend's shared option cannot share a pass")
@@ -218,7 +249,8 @@ class SharedFeatureStage:
             self._values = [getattr(getattr(c, section), backend.shared_option) for c in configs]
             value = backend.factory.merge(self._values)
             merged = dataclasses.replace(merged, **{section: dataclasses.replace(getattr(merged, section), **{backend.shared_option: value})})
-        self._stage = FeatureStage(merged, device, dtype)  # builds the model of the merged setting on first use
+        # builds the model of the merged setting on first use
+        self._stage = FeatureStage(merged, device, dtype, tf32=tf32, compile=compile)
         self.device = self._stage.device
         cache = configs[0].cache
         self.caches = [None if cache.dir is None else FeatureCache(cache.dir, s.cache_key, cache.dtype, s.stride) for s in self.specs]
@@ -237,8 +269,7 @@ class SharedFeatureStage:
         return self._stage.handover()
 
     def _compute(self, images: torch.Tensor) -> Sequence[torch.Tensor]:
-        with torch.inference_mode():
-            images = images.to(self.device)
+        with torch.inference_mode(), tf32_matmuls(self.device, self._stage.tf32):
             if self._values is None:
                 return [self._stage.extractor.extract(images)]
             return self._stage.extractor.extract_shared(images, self._values)
@@ -249,7 +280,7 @@ class SharedFeatureStage:
             raise ShapeError(f"images: expected a (B, 3, H, W) tensor, got {tuple(images.shape)}")
         per_setting = _through_caches(self.caches, images, self._compute)
         return [
-            [FeatureMap(f.to(device=self.device, dtype=torch.float32), spec.stride) for f in features]
+            [FeatureMap(upload(f, self.device, torch.float32), spec.stride) for f in features]
             for features, spec in zip(per_setting, self.specs)
         ]
 
@@ -267,17 +298,16 @@ class SharedFeatureStage:
 
 
 def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """``items`` in lists of ``size`` (the last may be shorter), the first item alone.
+    """``items`` in lists of ``size`` (the last may be shorter); at most one batch is held at a time.
 
-    The first frame of a video is a batch of its own so that propagation can start without
-    waiting for a full batch; at most one batch is held at a time.
+    The first frame shares its batch with the next ones: a frame's features do not depend on its
+    batch, and a full batch keeps a GPU busy (a first frame alone would cost a whole UNet call).
     """
     batch: list[T] = []
-    first = True
     for item in items:
         batch.append(item)
-        if first or len(batch) >= max(1, size):
+        if len(batch) >= max(1, size):
             yield batch
-            batch, first = [], False
+            batch = []
     if batch:
         yield batch

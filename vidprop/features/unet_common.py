@@ -7,6 +7,8 @@
   diffusers releases keep working); :class:`Removed` stands in for the parts that never run;
 - :func:`check_dtype`, :func:`to_device`: the compute dtypes the backends accept, and moving a
   module without a needless cast;
+- :func:`compile_units`: ``torch.compile`` of a UNet's repeated units (regional compilation),
+  leaving the captured modules eager so that their hooks run as before;
 - :func:`files_fingerprint`: a short hash of weight files for cache keys.
 """
 
@@ -22,7 +24,8 @@ from torch import nn
 from vidprop.device import COMPUTE_DTYPES, dtype_name
 from vidprop.errors import ConfigError
 
-__all__ = ["check_dtype", "to_device", "frame_generator", "BlockCapture", "Removed", "files_fingerprint"]
+__all__ = ["check_dtype", "to_device", "frame_generator", "BlockCapture", "Removed", "files_fingerprint", "compile_units",
+           "COMPILED_UNITS"]
 
 
 def check_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -80,6 +83,7 @@ class BlockCapture:
         self._captured: dict[Hashable, torch.Tensor] = {}
         self._active = False
         self.names = tuple(modules)
+        self.modules = dict(modules)
         self.handles = [m.register_forward_hook(self._hook(name, name == stop_after)) for name, m in modules.items()]
 
     def _hook(self, name: Hashable, stop: bool):
@@ -105,6 +109,67 @@ class BlockCapture:
         captured, self._captured = self._captured, {}
         assert set(captured) == set(self.names), "the forward ended before the captured modules ran"
         return captured
+
+
+# diffusers class names of the units compiled one by one: the ResNet blocks, SD's transformer blocks
+# (diffusers' own ``_repeated_blocks``) and ADM's attention blocks. Compiling units rather than the
+# whole UNet keeps compile time short (each distinct shape once) and the forward hooks eager.
+COMPILED_UNITS = ("ResnetBlock2D", "BasicTransformerBlock", "Attention")
+
+
+def compile_units(model: nn.Module, eager: Iterable[nn.Module] = (), **options: Any) -> int:
+    """Compile ``model``'s units (:data:`COMPILED_UNITS`) in place with ``torch.compile``.
+
+    A module in ``eager`` (one a :class:`BlockCapture` hooks: its hook ends the forward with an
+    exception, which must not happen inside compiled code) stays eager, and the units inside it
+    are compiled. Compiled units compute what the eager ones do, up to the rounding of fused kernels.
+
+    Args:
+        model: a diffusers UNet or VAE encoder.
+        eager: modules to keep eager.
+        **options: passed to ``torch.compile`` (``backend``, ``mode``, ...).
+
+    Returns:
+        The number of compiled modules.
+
+    Raises:
+        ConfigError: (key ``runtime.compile``) this torch has no ``nn.Module.compile`` (before 2.2).
+    """
+    if not hasattr(nn.Module, "compile"):
+        raise ConfigError(f"torch {torch.__version__} cannot compile modules in place (torch >= 2.2 can): set it to false",
+                          key="runtime.compile")
+    _raise_recompile_limits()
+    keep = {id(m) for m in eager}
+    count = 0
+
+    def visit(module: nn.Module) -> None:
+        nonlocal count
+        for child in module.children():
+            if type(child).__name__ in COMPILED_UNITS and id(child) not in keep:
+                if getattr(child, "_compiled_call_impl", None) is None:  # shared modules are compiled once
+                    child.compile(**options)
+                count += 1
+            else:
+                visit(child)
+
+    visit(model)
+    return count
+
+
+def _raise_recompile_limits(variants: int = 256) -> None:
+    """Let dynamo keep a compiled variant for every unit shape.
+
+    Every compiled module runs through the same code object (``nn.Module._call_impl``), and dynamo
+    keeps 8 variants per code object by default: SD 2.1's UNet has more distinct unit shapes than
+    that, and past the limit units would silently run eager.
+    """
+    import torch._dynamo.config as dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, max(getattr(dynamo, name), variants))
+    if hasattr(dynamo, "accumulated_recompile_limit"):
+        dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 4 * variants)
 
 
 def files_fingerprint(root: Path, files: Iterable[Path]) -> str:

@@ -46,12 +46,13 @@ from vidprop import __version__
 from vidprop.config import VidpropConfig, dump_config, result_fingerprint
 from vidprop.device import distributed_env
 from vidprop.engines import Task, run_tasks
-from vidprop.errors import ConfigError, MaskError, SourceError, VidpropError
+from vidprop.errors import ConfigError, MaskError, OutputError, SourceError, VidpropError
 from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info, remove_stale_temporaries
 from vidprop.io.config import DataConfig
 from vidprop.io.frames import is_image_file, is_video_file, natural_key
 from vidprop.io.masks import check_mask_file, list_mask_files, write_mask
 from vidprop.io.outputs import changed_inputs, check_output_locations, input_identity, prepare_output_folder
+from vidprop.io.writer import BackgroundWriter
 from vidprop.io.youtube_vos import is_youtube_vos, read_youtube_vos
 from vidprop.log import progress
 
@@ -468,7 +469,13 @@ def run_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:
 
 
 def _write_masks(pipeline: VideoPipeline, job: VideoJob, video: VideoInput) -> tuple[int, float]:
-    """Write every frame's mask (and the overlay); returns (frames written, seconds)."""
+    """Write every frame's mask (and the overlay); returns (frames written, seconds).
+
+    The PNGs (and overlay frames) are encoded and fsynced on a writer thread
+    (:class:`~vidprop.io.writer.BackgroundWriter`, ``runtime.write_queue``) while the next frames
+    are computed; this returns once every file is durable, and raises the first failed write's
+    error (naming the file) instead.
+    """
     runtime = pipeline.config.runtime
     palette = video.mask.palette
     overlay = None
@@ -479,13 +486,15 @@ def _write_masks(pipeline: VideoPipeline, job: VideoJob, video: VideoInput) -> t
     total = len(video.source)
     start, count = time.perf_counter(), 0
     frames = pipeline.propagate_frames(video, n_last_frames=job.n_last_frames)
+    writer = BackgroundWriter(runtime.write_queue, name=f"vidprop-writer-{job.name}")
     try:
         for frame, out in progress(frames, total=total, desc=job.name, unit="frame", leave=False):
-            write_mask(job.out_dir / f"{out.name}.png", out.mask, palette=palette)
-            if overlay is not None:
-                overlay.add(frame.image, out.mask, out.name)
+            path = job.out_dir / f"{out.name}.png"
+            writer.submit(path, functools.partial(_write_frame, path, out, palette, overlay, frame.image))
             count += 1
+        writer.close()
     except BaseException:
+        writer.abort()
         if overlay is not None:
             overlay.abort()
         raise
@@ -496,6 +505,16 @@ def _write_masks(pipeline: VideoPipeline, job: VideoJob, video: VideoInput) -> t
     if overlay is not None:
         overlay.close()
     return count, time.perf_counter() - start
+
+
+def _write_frame(path: Path, out: Any, palette: Any, overlay: Any, image: Any) -> None:
+    """One frame's outputs: its mask PNG, then its overlay frame (in frame order: one writer thread)."""
+    write_mask(path, out.mask, palette=palette)
+    if overlay is not None:
+        try:
+            overlay.add(image, out.mask, out.name)
+        except OSError as exc:
+            raise OutputError(f"cannot write the overlay ({exc.strerror or exc})", overlay.path) from exc
 
 
 def extract_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:

@@ -127,9 +127,7 @@ class VideoPipeline:
         if config == self.config:
             return self
         other = VideoPipeline(config, extractor=self._extractor)
-        same = (config.features, config.runtime.device, config.runtime.dtype) == (
-            self.config.features, self.config.runtime.device, self.config.runtime.dtype
-        )
+        same = _feature_runtime(config) == _feature_runtime(self.config)
         if same:
             other._features = self._features
         return other
@@ -138,7 +136,9 @@ class VideoPipeline:
     def features(self) -> FeatureStage:
         """The feature stage (described on first use; its model is built on the first cache miss)."""
         if self._features is None:
-            self._features = FeatureStage(self.config.features, self.device, self.config.runtime.dtype, extractor=self._extractor)
+            rt = self.config.runtime
+            self._features = FeatureStage(self.config.features, self.device, rt.dtype, extractor=self._extractor,
+                                          tf32=rt.tf32, compile=rt.compile)
         return self._features
 
     @property
@@ -223,6 +223,12 @@ class VideoPipeline:
         """
         for _, out in self.propagate_frames(frames_or_path, first_mask):
             yield out
+
+
+def _feature_runtime(config: VidpropConfig) -> tuple:
+    """What a feature stage is built from: two configs that agree here can share one (and its model)."""
+    rt = config.runtime
+    return config.features, rt.device, rt.dtype, rt.tf32, rt.compile
 
 
 def propagate_video(frames_or_path: Any, first_mask: Any, config: VidpropConfig | None = None) -> Iterator[PropagatedFrame]:

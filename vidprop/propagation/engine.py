@@ -766,7 +766,7 @@ def pil_nearest_indices(in_len: int, out_len: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def _nearest_index(in_len: int, out_len: int, device: torch.device) -> Tensor:
-    return torch.from_numpy(pil_nearest_indices(in_len, out_len)).to(device)
+    return torch.tensor(pil_nearest_indices(in_len, out_len), device=device)
 
 
 def _labels_to_mask(soft: Tensor, stride: int, size: tuple[int, int], extra: Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
