@@ -229,6 +229,28 @@ def test_strip_shapes_give_identical_masks_on_real_frames(davis_root):
                 np.testing.assert_array_equal(labels_to_mask(soft.permute(2, 0, 1), 16, mask0.shape), ref_mask)
 
 
+def test_tie_rows_found_once_per_frame_equal_tie_rows_found_per_run():
+    """The GPU's order (every run first, then one read of which rows tie, those runs' cosines recomputed)
+    gives the CPU's result bit for bit, on features with ties at the k-th value everywhere and on ones without."""
+    grid = BlockGrid((13, 18), 4)
+    gen = torch.Generator().manual_seed(5)
+    palette = torch.randn(4, 16, generator=gen)
+    tied = [palette[torch.randint(0, 4, grid.size, generator=gen)].permute(2, 0, 1).contiguous() for _ in range(7)]
+    for feats in (tied, random_features(8, 16, grid.size, 7)):
+        labels = random_onehot(9, 3, grid.size)
+        store = torch.stack([to_blocks(normalize_cells(f), grid) for f in feats[:6]], 2).contiguous()
+        soft = torch.stack([to_blocks(F.softmax(torch.randn(*grid.size, 3, generator=gen), -1), grid) for _ in range(5)], 2)
+        label_store = torch.cat([to_blocks(labels.permute(1, 2, 0), grid)[:, :, None], soft], 2).contiguous()
+        query = to_blocks(normalize_cells(feats[6]), grid)
+        padding = to_blocks(torch.ones(*grid.size, 1, dtype=torch.bool), grid).logical_not_()
+        for radius, budget in ((0, 2**30), (3, 2**30), (3, 200_000)):
+            args = dict(topk=11, temperature=0.2, padding=padding, budget_bytes=budget)
+            plan = TilePlan(grid, radius)
+            now = propagate_blocks(query, store, label_store, 6, plan, defer_ties=False, **args)
+            later = propagate_blocks(query, store, label_store, 6, plan, defer_ties=True, **args)
+            torch.testing.assert_close(later, now, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_real_frames_match_dense(davis_root, backend):
     """Colour features pooled from real DAVIS frames (many near-identical cells), first real mask."""

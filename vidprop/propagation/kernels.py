@@ -343,15 +343,22 @@ def _top_candidates(cosines: Tensor, count: int, chunk: int) -> tuple[Tensor, Te
 
 
 def _propagate_run(query: Tensor, store: Tensor, labels: Tensor, run: _Run, n_valid: int, topk: int,
-                   temperature: float, padding: Tensor, workspace: Workspace) -> Tensor:
-    """Soft labels (T, M, K) of a run of tiles whose windows fit the budget in one pass."""
+                   temperature: float, padding: Tensor, workspace: Workspace,
+                   defer_ties: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Soft labels (T, M, K) of a run of tiles whose windows fit the budget in one pass.
+
+    With ``defer_ties`` the rows that need the full threshold path are not redone here: the
+    (T, M) bool ``exact`` (False for those rows) is returned with the soft labels, and the caller
+    redoes them with :func:`_redo_ties` (reading ``exact`` makes the host wait for a GPU). Else
+    they are redone now and None is returned.
+    """
     full = n_valid == store.shape[2]
     band, slots = run.rows, (0, n_valid)
     cos = _cosines(query, store, run, band, slots, full, workspace)
     groups, n_tiles, _, length = cos.shape
     if groups * length <= topk:
         return torch.stack([_threshold_rows(_rows(cos, t), _window_labels(labels, run, t, band, slots), topk, temperature)
-                            for t in range(n_tiles)])
+                            for t in range(n_tiles)]), None
     # exp(x / T) is monotone, so the k largest cosines are the k largest affinities, unless the
     # (k+1)-th affinity equals the k-th (a tie, a float collapse, or a masked 0): the reference then
     # keeps every tied cell, so such rows take the full path. Padding targets are discarded anyway.
@@ -361,12 +368,33 @@ def _propagate_run(query: Tensor, store: Tensor, labels: Tensor, run: _Run, n_va
     weights = aff[..., :topk]
     weights = weights / weights.sum(dim=-1, keepdim=True)
     soft = (weights.unsqueeze(-2) @ _label_rows(labels, run, slots, index[..., :topk])).squeeze(-2)
+    if defer_ties:
+        return soft, exact
     if not bool(exact.all()):
-        for t in (~exact).any(dim=1).nonzero().flatten().tolist():
-            rows = (~exact[t]).nonzero().squeeze(1)
-            soft[t, rows] = _threshold_rows(_rows(cos, t, rows), _window_labels(labels, run, t, band, slots),
-                                            topk, temperature)
-    return soft
+        _threshold_ties(cos, labels, run, band, slots, topk, temperature, exact, soft)
+    return soft, None
+
+
+def _threshold_ties(cos: Tensor, labels: Tensor, run: _Run, band: tuple[int, int], slots: tuple[int, int], topk: int,
+                    temperature: float, exact: Tensor, soft: Tensor) -> None:
+    """In place: the rows of ``soft`` (T, M, K) where ``exact`` (T, M) is False, by the full threshold path."""
+    for t in (~exact).any(dim=1).nonzero().flatten().tolist():
+        rows = (~exact[t]).nonzero().squeeze(1)
+        soft[t, rows] = _threshold_rows(_rows(cos, t, rows), _window_labels(labels, run, t, band, slots),
+                                        topk, temperature)
+
+
+def _redo_ties(query: Tensor, store: Tensor, labels: Tensor, n_valid: int, topk: int, temperature: float,
+               workspace: Workspace, pending: list[tuple[_Run, Tensor]], out: Tensor) -> None:
+    """The deferred tie rows of a frame: one host read for all runs, then each run that has any
+    recomputes its cosines (the same products as before) and redoes those rows in ``out``."""
+    needs = torch.stack([exact.logical_not().any() for _, exact in pending]).tolist()
+    full = n_valid == store.shape[2]
+    for (run, exact), need in zip(pending, needs):
+        if need:
+            cos = _cosines(query, store, run, run.rows, (0, n_valid), full, workspace)
+            _threshold_ties(cos, labels, run, run.rows, (0, n_valid), topk, temperature, exact,
+                            out[run.bi, run.bj0: run.bj0 + run.count])
 
 
 def _propagate_tile_chunked(query: Tensor, store: Tensor, labels: Tensor, run: _Run, n_valid: int, topk: int,
@@ -403,7 +431,7 @@ def _propagate_tile_chunked(query: Tensor, store: Tensor, labels: Tensor, run: _
 
 def propagate_blocks(query: Tensor, store: Tensor, labels: Tensor, n_valid: int, plan: TilePlan, *,
                      topk: int, temperature: float, budget_bytes: int, padding: Tensor,
-                     workspace: Workspace | None = None) -> Tensor:
+                     workspace: Workspace | None = None, defer_ties: bool | None = None) -> Tensor:
     """Propagate context labels to one target frame, a run of tiles at a time.
 
     Args:
@@ -417,6 +445,10 @@ def propagate_blocks(query: Tensor, store: Tensor, labels: Tensor, n_valid: int,
         budget_bytes: working memory allowed for the affinities computed at once.
         padding: (nbr, nbc, M, 1) bool, True for block cells past the grid edge.
         workspace: scratch buffers to reuse across calls (a fresh one if None).
+        defer_ties: find the rows that need the full threshold path (ties at the k-th value) with
+            one host read per frame, after every run, and recompute those runs' cosines, instead of
+            one read per run while its cosines are at hand. Default: on off the CPU, where each
+            read makes the host wait for the device; ties are rare, so recomputing is cheap.
 
     Returns:
         (nbr, nbc, M, K) soft labels of the target cells; 0 at padding cells.
@@ -428,6 +460,8 @@ def propagate_blocks(query: Tensor, store: Tensor, labels: Tensor, n_valid: int,
     cells = store.shape[3]
     max_candidates = max(1, budget_bytes // (m * _BYTES_PER_PAIR + 4 * k_ch))  # per target cell
     out = query.new_empty(nbr, nbc, m, k_ch)
+    defer = query.device.type != "cpu" if defer_ties is None else defer_ties
+    pending: list[tuple[_Run, Tensor]] = []
     for run in plan.runs:
         per_tile = (run.rows[1] - run.rows[0]) * (run.cols[1] - run.cols[0]) * n_valid * cells
         if per_tile > max_candidates:
@@ -436,7 +470,11 @@ def propagate_blocks(query: Tensor, store: Tensor, labels: Tensor, n_valid: int,
                     query, store, labels, part, n_valid, topk, temperature, max_candidates, workspace)
             continue
         for part in run.split(max_candidates // per_tile):
-            out[part.bi, part.bj0: part.bj0 + part.count] = _propagate_run(
-                query, store, labels, part, n_valid, topk, temperature, padding, workspace)
+            soft, exact = _propagate_run(query, store, labels, part, n_valid, topk, temperature, padding, workspace, defer)
+            out[part.bi, part.bj0: part.bj0 + part.count] = soft
+            if exact is not None:
+                pending.append((part, exact))
+    if pending:
+        _redo_ties(query, store, labels, n_valid, topk, temperature, workspace, pending, out)
     # Padding cells may be far from every grid cell (0/0); their labels must stay 0 in the context.
     return out.masked_fill_(padding, 0.0)
