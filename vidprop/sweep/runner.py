@@ -252,6 +252,8 @@ def run_sweep(grid: Grid, data: Any, out_dir: str | Path, overwrite: bool = Fals
             [members[0].config.features for members in group.settings],
             group.settings[0][0].config.runtime.device,
             group.settings[0][0].config.runtime.dtype,
+            tf32=group.settings[0][0].config.runtime.tf32,
+            compile=group.settings[0][0].config.runtime.compile,
         )
         for group in groups
     ]
