@@ -4,6 +4,7 @@ is exit code 2 with the path named and no traceback, and nothing is marked compl
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -357,3 +358,36 @@ def test_resume_redoes_a_video_whose_mask_is_given_for_another_frame(seq, tmp_pa
     caplog.clear()
     assert _propagate(frames, mask, out, "--mask-frame", "00002") == 0
     assert "redoing it: the mask changed (its content, or the frame it is given for)" in caplog.text
+
+
+# --- vidprop evaluate: the report folder ---------------------------------------------------------------
+
+
+def test_evaluate_refuses_a_report_folder_in_the_ground_truth_or_a_file(short_sequence, tmp_path, caplog):
+    # the CSVs went into the DAVIS root or the ground-truth folder; a file as --out was a traceback (exit 1)
+    root = short_sequence("car-shadow", 4)
+    gt = root / "Annotations" / "480p"
+    pred = tmp_path / "pred"
+    shutil.copytree(gt, pred)
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    before = _snapshot(gt / "car-shadow")
+    davis = ["evaluate", "--davis-root", str(root), "--results", str(pred), "--processes", "1", "--out"]
+    generic = ["evaluate", "--gt", str(gt), "--pred", str(pred), "--processes", "1", "--out"]
+    cases = [
+        ([*davis, str(root)], f"the report folder contains the DAVIS ground truth {gt}"),
+        ([*davis, str(gt / "car-shadow")], f"the report folder is inside the DAVIS ground truth {gt}"),
+        ([*generic, str(gt)], f"the report folder is the ground-truth folder {gt}"),
+        ([*davis, str(existing)], f"{existing}: the report folder is an existing file"),
+        ([*generic, str(existing / "sub")], f"cannot create the report folder: {existing} is a file"),
+    ]
+    for argv, fragment in cases:
+        caplog.clear()
+        assert cli.main(argv) == 2, argv
+        assert fragment in caplog.text, (argv, caplog.text)
+        _no_traceback(caplog)
+    assert not list(root.glob("*.csv")) and not list(gt.rglob("*.csv")) and _snapshot(gt / "car-shadow") == before
+    assert existing.read_text() == "mine"
+    # the predictions folder stays the default place (the official tool's), and a folder beside the GT is fine
+    assert cli.main(davis[:-1]) == 0 and (pred / "global_results-val.csv").is_file()
+    assert cli.main([*davis, str(root / "reports")]) == 0 and (root / "reports" / "global_results-val.csv").is_file()

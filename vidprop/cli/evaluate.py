@@ -85,10 +85,26 @@ def _check_mode(args: argparse.Namespace) -> bool:
     return davis
 
 
+def _check_report_folder(args: argparse.Namespace, parity: bool, out: Path) -> None:
+    """Refuse a report folder among the ground truth, before scoring (the predictions folder is
+    the official tool's default place for the CSVs)."""
+    from vidprop.io.outputs import check_output_locations
+
+    if parity:
+        root = Path(args.davis_root)
+        truth = [("DAVIS ground truth", root / "Annotations" / args.resolution), ("DAVIS split lists", root / "ImageSets")]
+    else:
+        truth = [("ground-truth folder", args.gt)]
+    check_output_locations([("report folder", out)], truth)
+
+
 def run(args: argparse.Namespace) -> int:
+    from vidprop.io.outputs import prepare_output_folder
     from vidprop.scoring import ScoringConfig, evaluate_davis, evaluate_folders, format_table, write_reports
 
     parity = _check_mode(args)
+    out = Path(args.out if args.out is not None else (args.results if parity else args.pred))
+    _check_report_folder(args, parity, out)
     config = ScoringConfig(
         ignore_void=args.ignore_void,
         processes=args.processes,
@@ -99,11 +115,9 @@ def run(args: argparse.Namespace) -> int:
     if parity:
         sequences = parse_sequences(args.sequences)
         scores = evaluate_davis(args.davis_root, args.results, args.split, sequences, config=config, resolution=args.resolution)
-        pred_dir = args.results
     else:
         scores = evaluate_folders(args.gt, args.pred, config=config)
-        pred_dir = args.pred
-    out = Path(args.out if args.out is not None else pred_dir)
+    prepare_output_folder(out, "report folder")  # only now: bad input found by scoring leaves no folder
     global_csv, per_sequence_csv = write_reports(scores, out, args.split)
     print(format_table(scores), end="")
     logger.info("wrote %s and %s", global_csv, per_sequence_csv)
