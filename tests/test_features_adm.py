@@ -286,6 +286,10 @@ def test_bad_checkpoints_name_the_file_and_the_key(tmp_path):
     cases.append((unsafe, "weights_only"))
     (tmp_path / "truncated.pt").write_bytes(_save(tmp_path, "full.pt", sd).read_bytes()[:5000])
     cases.append((tmp_path / "truncated.pt", "cannot load"))
+    # other files given by mistake: legacy unpickling fails with KeyError or struct.error
+    for name, data in (("text.pt", b"hello, not a checkpoint\n"), ("binget.pt", b"]h\x05."), ("struct.pt", b"J\x01")):
+        (tmp_path / name).write_bytes(data)
+        cases.append((tmp_path / name, "cannot load as a plain tensor state dict"))
     for path, fragment in cases:
         with pytest.raises(CheckpointError) as info:
             create_extractor("dift_adm", checkpoint=str(path), num_head_channels=16)
@@ -310,6 +314,13 @@ def test_convert_adm_cli_writes_a_folder_that_loads_to_the_same_features(tiny_ck
     caplog.clear()
     assert cli.main(["convert-adm", str(tmp_path / "none.pt"), str(tmp_path / "x")]) == 2
     assert "none.pt" in caplog.text and not (tmp_path / "x").exists()
+    # OUT_DIR below a file: refused before the conversion, with the path (was a traceback after it)
+    (tmp_path / "notes.txt").write_text("mine")
+    caplog.clear()
+    assert cli.main(["convert-adm", str(tiny_ckpt), str(tmp_path / "notes.txt" / "adm"), "--num-head-channels", "16"]) == 2
+    assert f"{tmp_path / 'notes.txt'}: the parent folder of OUT_DIR is an existing file" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_a_folder_that_is_not_a_converted_adm_model(tmp_path, tiny_ckpt):

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vidprop.errors import CheckpointError, ConfigError
     from vidprop.features.adm_convert import load_adm_unet, save_converted
+    from vidprop.io.outputs import prepare_output_folder
 
     if args.num_head_channels < 1:
         raise ConfigError(f"invalid value {args.num_head_channels} (expected an integer >= 1)", key="--num-head-channels")
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError("output folder already exists (choose a new folder or remove it)", path=out)
     if Path(args.checkpoint).expanduser().is_dir():
         raise CheckpointError("expected a guided-diffusion .pt file, got a folder (is it already converted?)", path=args.checkpoint)
+    prepare_output_folder(out.parent, "parent folder of OUT_DIR")
     unet, arch = load_adm_unet(args.checkpoint, args.num_head_channels)
     save_converted(unet, out)
     params = sum(p.numel() for p in unet.parameters())

@@ -28,7 +28,6 @@ key and shape is checked before converting.
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -407,7 +406,7 @@ def load_guided_diffusion_state_dict(path: str | os.PathLike, mmap: bool = False
             if not mmap:
                 raise
             data = torch.load(path, map_location="cpu", weights_only=True)  # not a zip-format file
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - unpickling any other file fails in many ways (KeyError, IndexError, struct.error, ...)
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise CheckpointError(f"cannot load as a plain tensor state dict ({type(exc).__name__}: {first})", path=path) from None
     if isinstance(data, Mapping) and "state_dict" in data and isinstance(data["state_dict"], Mapping):
