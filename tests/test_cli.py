@@ -167,6 +167,23 @@ def test_davis_sequences_option_restricts_the_run_and_the_score(short_sequence, 
     assert "libby" in (out / "per-sequence_results-val.csv").read_text()
 
 
+@pytest.mark.parametrize("command", ["davis", "extract", "evaluate", "sweep"])
+@pytest.mark.parametrize("value", ["", ","])
+def test_sequences_option_that_names_no_sequence_is_an_error(command, value, short_sequence, tmp_path, caplog):
+    # `--sequences "$SEQS"` with an empty variable ran (or scored) the whole split
+    root = short_sequence("libby", 4)
+    out = tmp_path / "out"
+    argv = {
+        "davis": ["davis", "--davis-root", str(root), "--out", str(out), *FAST],
+        "extract": ["extract", "--davis-root", str(root), "--cache-dir", str(out), *FAST],
+        "evaluate": ["evaluate", "--davis-root", str(root), "--results", str(root / "Annotations" / "480p"), "--out", str(out)],
+        "sweep": ["sweep", "--davis-root", str(root), "--out", str(out), "--grid", "propagation.topk=5,10", *FAST],
+    }[command]
+    assert cli.main([*argv, "--sequences", value]) == 2
+    assert f"--sequences: {value!r} names no sequence; leave --sequences out for the whole split" in caplog.text
+    assert "Traceback" not in caplog.text and not out.exists()
+
+
 def test_extract_fills_the_cache_and_davis_reads_it(short_sequence, tmp_path, caplog):
     root = short_sequence("car-shadow", 4)
     cache = tmp_path / "cache"

@@ -236,7 +236,17 @@ def add_davis_options(parser: argparse.ArgumentParser, required: bool = True) ->
 
 
 def parse_sequences(text: str | None) -> list[str] | None:
-    """``"a,b"`` -> ``["a", "b"]``; None or empty -> None."""
-    if not text:
+    """``"a,b"`` -> ``["a", "b"]``; None (option not given) -> None, the whole split.
+
+    Raises:
+        ConfigError: the option names no sequence (``""``, ``","``: an empty shell variable), which
+            would otherwise run the whole split.
+    """
+    from vidprop.errors import ConfigError
+
+    if text is None:
         return None
-    return [s.strip() for s in text.split(",") if s.strip()] or None
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise ConfigError(f"{text!r} names no sequence; leave --sequences out for the whole split", key="--sequences")
+    return names
