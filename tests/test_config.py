@@ -102,6 +102,9 @@ def test_unknown_override_key_names_the_closest_valid_one():
         ("runtime.overwrite=maybe", "runtime.overwrite", "expected true or false"),
         ("runtime.shard_index=2", "runtime.shard_index", "shard_index < num_shards"),
         ("data.short_side=500", "data.short_side", "multiple"),
+        # an empty value (`--cache-dir "$UNSET"`) was the current folder, filled with a cache
+        ("features.cache.dir=", "features.cache.dir", "expected a folder path, or null for no cache"),
+        ("features.dift.revision=", "features.dift.revision", "or null for the default branch"),
     ],
 )
 def test_bad_override_values_name_the_key(override, key, fragment):
@@ -145,6 +148,21 @@ def test_config_file_errors_show_the_absolute_path(tmp_path, monkeypatch):
     (tmp_path / "section.yaml").write_text("propagation: 3\n")
     with pytest.raises(ConfigError, match="mapping of options"):
         load_config("section.yaml")
+
+
+def test_a_key_given_twice_is_refused_not_the_last_one_kept(tmp_path):
+    # PyYAML keeps the last of two `topk:` lines silently; the file then runs with a value its reader may miss
+    (tmp_path / "twice.yaml").write_text("features:\n  backend: lab\npropagation:\n  topk: 5\n  radius: 4\n  topk: 7\n")
+    with pytest.raises(ConfigError, match="found duplicate key 'topk'") as err:
+        load_config(tmp_path / "twice.yaml")
+    assert err.value.path == str(tmp_path / "twice.yaml") and "line 6" in str(err.value)
+    with pytest.raises(ConfigError, match="found duplicate key 'topk'") as err:
+        load_config(None, ["propagation={topk: 5, topk: 7}"])
+    assert err.value.key == "propagation"
+    # a key merged in with << may still be overridden, as YAML defines
+    (tmp_path / "merge.yaml").write_text("propagation:\n  <<: {topk: 5, radius: 4}\n  topk: 7\n")
+    config = load_config(tmp_path / "merge.yaml")
+    assert (config.propagation.topk, config.propagation.radius) == (7, 4)
 
 
 def test_config_error_is_an_input_error():

@@ -52,6 +52,34 @@ RETIRED_KEYS: dict[str, str] = {
     "features.dift.seed and features.adm.seed; --seed sets both)",
 }
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: PyYAML silently keeps
+    the last, so a file with two ``topk:`` lines would run with a value the reader may not see."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # keys merged in (<<) may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+                    )
+        return super().construct_mapping(node, deep)
+
+
+def safe_load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also refuses duplicate keys (raises ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 # "a.b=value" strings and/or (dotted key, value) pairs, or a mapping of dotted keys to values.
 Overrides = Iterable["str | tuple[str, Any]"] | Mapping[str, Any]
 
@@ -146,7 +174,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"override {text!r} is not of the form KEY=VALUE (e.g. propagation.topk=10)", key=key or None)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse value {raw!r} as YAML ({exc})", key=key) from None
     return key, value
@@ -193,7 +221,7 @@ def _read_yaml(path: Path) -> dict:
         what = "is a folder, not a YAML file" if path.is_dir() else "config file does not exist"
         raise ConfigError(what, path=path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file ({exc})", path=path) from None
     except yaml.YAMLError as exc:

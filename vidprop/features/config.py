@@ -47,6 +47,8 @@ class DiftConfig:
 
     def __post_init__(self) -> None:
         check(isinstance(self.model_id, str) and bool(self.model_id.strip()), "model_id", self.model_id, "a model id or folder")
+        check(self.revision is None or (isinstance(self.revision, str) and bool(self.revision.strip())), "revision",
+              self.revision, "a branch, tag or commit, or null for the default branch")
         layers = _layers(self.up_ft_index)
         check(
             len(layers) > 0 and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)
@@ -130,6 +132,9 @@ class CacheConfig:
     dtype: str = option("float16", help="storage dtype of cached features: float16, bfloat16 or float32")
 
     def __post_init__(self) -> None:
+        # "" would be the current folder: `--cache-dir "$EMPTY"` must not fill whatever folder that is
+        check(self.dir is None or (isinstance(self.dir, str) and bool(self.dir.strip())), "dir", self.dir,
+              "a folder path, or null for no cache")
         check(self.dtype in CACHE_DTYPES, "dtype", self.dtype, ", ".join(CACHE_DTYPES))
 
 
