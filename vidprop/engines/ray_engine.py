@@ -512,8 +512,8 @@ def start_local_ray(num_cpus: int | None = None) -> None:
 
 # Ray settings (read from RAY_<name> by the processes that ray.init starts; names a Ray version does
 # not know are ignored) for the local instance: Ray starts one idle worker per CPU ahead of the first
-# task, which actors never use (ours start their own process), so on a 16-CPU node that is 16
-# Python processes importing Ray for nothing.
+# task, and a pool of a few actors takes a few of them at most, so on a 16-CPU node with 2 actors that
+# is 14 Python processes importing Ray for nothing (the 2 actors start their own at once instead).
 _LOCAL_RAY_ENV = {"RAY_prestart_worker_first_driver": "0"}
 
 
