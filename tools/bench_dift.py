@@ -223,10 +223,15 @@ def run_one(args, device: torch.device, dtype: torch.dtype) -> dict:
               f"(VAE {timings['vae_s'] / args.frames:.2f} s, UNet {timings['unet_s'] / args.frames:.2f} s)", flush=True)
 
     # The extractor truncates its UNet: give it a shallow copy that shares every weight.
-    own_vae = vae if vae_dtype == "float32" else copy.deepcopy(vae)  # the extractor casts its VAE; the baseline's stays fp32
-    extractor = DiftExtractor.from_components(cfg, shallow_unet_copy(unet), own_vae, scheduler, embeds, device=device, dtype=dtype)
+    # The extractor casts its VAE and compiles its blocks in place: the baseline's modules must stay as they are.
+    own_vae = vae if vae_dtype == "float32" and not args.compile else copy.deepcopy(vae)
+    own_unet = copy.deepcopy(unet) if args.compile else shallow_unet_copy(unet)
+    extractor = DiftExtractor.from_components(cfg, own_unet, own_vae, scheduler, embeds, device=device, dtype=dtype)
+    eager = None
     if args.compile:
         extractor.compile_model()
+        eager_vae = vae if vae_dtype == "float32" else copy.deepcopy(vae)
+        eager = DiftExtractor.from_components(cfg, shallow_unet_copy(unet), eager_vae, scheduler, embeds, device=device, dtype=dtype)
     if args.warmup:
         extractor.extract_layers_with_noise(images[:1], eps[:1], noise[:1])
     times = []
@@ -246,6 +251,10 @@ def run_one(args, device: torch.device, dtype: torch.dtype) -> dict:
     seconds = statistics.median(times)
     result["vidprop"] = {"s_per_frame": seconds / args.frames, "fps": args.frames / seconds, "peak_mib": _peak_mib(device),
                          "all_s": times}
+    if eager is not None:  # compiled against eager blocks, same draws and dtypes
+        reference = eager.extract_layers_with_noise(images, eps, noise)[args.up_ft_index]
+        result["compile_max_rel_diff"] = float((ours - reference).abs().max() / reference.abs().max())
+        print(f"[{result['dtype']}] compiled vs eager: max |diff| / max |eager| = {result['compile_max_rel_diff']:.2e}", flush=True)
     if baseline is not None:
         seconds = statistics.median(base_times)
         result["baseline"].update(s_per_frame=seconds / args.frames, fps=args.frames / seconds, all_s=base_times,

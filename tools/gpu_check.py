@@ -9,7 +9,8 @@ others; everything goes into ``OUT/gpu_check.json`` and ``OUT/gpu_check.md``:
    ensemble 8: float32 with TF32 (the default on CUDA, ``runtime.tf32``) and bfloat16 UNet + VAE
    (``runtime.dtype``, ``features.dift.vae_dtype``) (frames/s, peak GPU memory);
    ``dift_sd_no_tf32``: float32 without TF32; ``dift_sd_compile``: bfloat16 UNet + VAE with
-   ``torch.compile`` (``runtime.compile``; the warm-up frame pays the compilation).
+   ``torch.compile`` (``runtime.compile``; the warm-up frame pays the compilation), and its features
+   against the same blocks run eagerly.
 3. ``dift_adm``: ``tools/bench_dift.py --backend dift_adm``, ensemble 4, float32 (TF32) and bfloat16
    (frames/s, peak GPU memory, achieved TFLOP/s against bench_dift's matmul + conv FLOP count).
 4. ``propagation``: ``tools/bench_propagation.py --sections dift --dift-variants torch --device cuda``.
@@ -17,6 +18,10 @@ others; everything goes into ``OUT/gpu_check.json`` and ``OUT/gpu_check.md``:
    written here in the diffusers layout, bfloat16 UNet + VAE, TF32, the writer thread (frames/s;
    GPU utilisation sampled with nvidia-smi every 0.5 s while it runs, or ``torch.cuda.utilization``
    when nvidia-smi is missing).
+
+Steps run in the order of ``STEP_ORDER`` (the most telling first) within ``--budget`` seconds (540 by
+default): each step's timeout is capped by what is left, a step that no longer fits is skipped, and the
+JSON and markdown are rewritten after every step, so a check stopped from outside keeps what it measured.
 
 Nothing is downloaded: it needs only the project's own dependencies (``pip install -e ".[test]"``
 with a CUDA build of torch). ``--device cpu --tiny`` runs the same steps at tiny sizes on the
@@ -30,6 +35,7 @@ test; the end-to-end run uses the tests' tiny SD model on the first 4 frames of 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -134,6 +140,7 @@ def _dift_summary(bench_json: Path) -> list[dict]:
         ours = r["vidprop"]
         row = {"backend": r["backend"] if "backend" in r else "dift_sd", "dtype": r["dtype"], "ensemble": r["ensemble"],
                "vae_dtype": r.get("vae_dtype"), "tf32": r.get("tf32"), "compile": r.get("compile"),
+               "compile_max_rel_diff": r.get("compile_max_rel_diff"),
                "size": r["size"], "frames_per_s": 1.0 / ours["s_per_frame"], "peak_mib": ours.get("peak_mib"),
                "peak_method": ours.get("peak_method", "cuda max_memory_allocated" if r["device"].startswith("cuda") else None)}
         flops = r.get("flops_per_frame", {}).get("vidprop")
@@ -197,6 +204,8 @@ def markdown(report: dict) -> str:
         lines += [f"| {r['backend']} | {r['dtype']} | {r['vae_dtype'] or '-'} | {r['tf32']} | {r['compile']} | {r['ensemble']} | "
                   f"{r['size'][0]}x{r['size'][1]} | {r['frames_per_s']:.2f} | "
                   f"{fmt(r['peak_mib'], '.0f')} | {fmt(r['tflops_per_frame'], '.2f')} | {fmt(r['achieved_tflop_s'], '.1f')} |" for r in rows]
+        lines += ["", *(f"Compiled features against eager ones ({r['dtype']}, same draws): max |diff| / max |eager| = "
+                        f"{r['compile_max_rel_diff']:.2e}" for r in rows if r.get("compile_max_rel_diff") is not None)]
     prop = report["steps"].get("propagation", {}).get("results")
     if prop:
         lines += ["", f"Propagation ({report['device']}): `{json.dumps(prop)[:600]}`"]
@@ -215,6 +224,24 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The order steps run in: the most telling first, so a short time budget loses the least.
+STEP_ORDER = ("tests", "dift_sd", "propagation", "e2e", "dift_sd_no_tf32", "dift_adm", "dift_sd_compile")
+
+
+class Budget:
+    """Seconds left for the whole check: each step's timeout is capped by it, and a step that would
+    get less than ``MIN_STEP_S`` is skipped, so the check ends within ``--budget`` seconds."""
+
+    MIN_STEP_S = 30.0
+
+    def __init__(self, seconds: float):
+        self.end = time.perf_counter() + seconds
+
+    def timeout(self, wanted: float) -> float | None:
+        left = self.end - time.perf_counter() - 5.0  # margin to write the report
+        return None if left < self.MIN_STEP_S else min(wanted, left)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output folder (gpu_check.json, gpu_check.md, logs/)")
@@ -222,9 +249,11 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny sizes (CI smoke test on the CPU)")
     p.add_argument("--davis-root", type=Path, default=REPO.parent / "shared" / "davis-sample")
     p.add_argument("--sequences", default=",".join(SEQUENCES), help="end-to-end sequences (default 3)")
-    p.add_argument("--steps", default=",".join(["tests", *(d[0] for d in DIFT_STEPS), "propagation", "e2e"]),
-                   help="comma-separated steps to run (default all)")
+    p.add_argument("--steps", default=",".join(STEP_ORDER), help=f"comma-separated steps to run (default all: {','.join(STEP_ORDER)})")
     p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every step's timeout")
+    p.add_argument("--budget", type=float, default=540.0,
+                   help="seconds for the whole check (default 540): steps that no longer fit are skipped, and the "
+                   "report is rewritten after every step, so a check stopped from outside keeps what it measured")
     args = p.parse_args(argv)
     import torch
 
@@ -236,91 +265,123 @@ def main(argv=None) -> int:
     if missing:
         print(f"gpu_check: {args.davis_root}: no JPEGImages/480p/ for {', '.join(missing)}", file=sys.stderr)
         return 2
+    wanted = [s for s in args.steps.split(",") if s]
+    unknown = [s for s in wanted if s not in STEP_ORDER]
+    if unknown:
+        print(f"gpu_check: unknown step(s) {', '.join(unknown)} (expected some of {', '.join(STEP_ORDER)})", file=sys.stderr)
+        return 2
     out = args.out
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    py = sys.executable
-    scale = args.timeout_scale
-    wanted = set(args.steps.split(","))
     machine = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {os.cpu_count()} cores"
     report = {"machine": machine, "torch": torch.__version__, "device": args.device, "tiny": args.tiny,
               "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-              "load_average_before": [round(v, 2) for v in os.getloadavg()], "steps": {}}
-    steps = report["steps"]
-
-    if "tests" in wanted:
-        junit = logs / "gpu_tests.xml"
-        s = run_step("tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={junit}",
-                               "tests/test_propagation.py", "tests/test_gpu_check.py"], 240 * scale, logs)
-        if junit.exists():
-            import xml.etree.ElementTree as ET
-
-            suite = ET.parse(junit).getroot()
-            suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-            s["summary"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-        if s["status"] == "failed" and s.get("summary", {}).get("tests", 0) == s.get("summary", {}).get("skipped", -1):
-            s["status"] = "ok"  # pytest exits 5 when every selected test is deselected/skipped; the summary says so
-        steps["tests"] = s
-
-    for name, backend, options, timeout in DIFT_STEPS:
+              "load_average_before": [round(v, 2) for v in os.getloadavg()], "budget_s": args.budget, "steps": {}}
+    budget = Budget(args.budget)
+    runners = {"tests": _tests_step, "propagation": _propagation_step, "e2e": _e2e_step,
+               **{d[0]: functools.partial(_dift_step, d) for d in DIFT_STEPS}}
+    for name in STEP_ORDER:
         if name not in wanted:
             continue
-        if args.tiny:
-            steps[name] = {"status": "skipped", "reason": "full-size architecture; not run with --tiny"}
-            continue
-        bench_json = logs / f"{name}.json"
-        s = run_step(name, [py, "tools/bench_dift.py", "--backend", backend, "--device", args.device, *options,
-                            "--frames", "8", "--skip-baseline", "--json", str(bench_json)],
-                     timeout * scale, logs)
-        if bench_json.exists():
-            s["results"] = _dift_summary(bench_json)
-        steps[name] = s
+        report["steps"][name] = runners[name](args, logs, budget, sequences)
+        _save(out, report)
+    print(markdown(report))
+    return 0 if all(s["status"] in ("ok", "skipped") for s in report["steps"].values()) else 1
 
-    if "propagation" in wanted:
-        prop_json = logs / "propagation.json"
-        size = ["--grid", "8x12", "--frames", "6", "--measure", "2", "--n-last-frames", "3", "--radius", "3",
-                "--peak-repeat", "2"] if args.tiny else ["--frames", "31", "--measure", "2"]
-        s = run_step("propagation", [py, "tools/bench_propagation.py", "--sections", "dift", "--dift-variants", "torch",
-                                     "--repeat", "1" if args.tiny else "3", "--device", args.device, *size,
-                                     "--json", str(prop_json)], 120 * scale, logs)
-        if prop_json.exists():
-            s["results"] = json.loads(prop_json.read_text())
-        steps["propagation"] = s
 
-    if "e2e" in wanted:
-        model = out / "random_sd21"
-        start = time.perf_counter()
-        if not (model / "unet").is_dir():
-            write_random_sd(model, args.tiny)
-        built = time.perf_counter() - start
-        run_out = out / "e2e_masks"
-        davis_root = args.davis_root
-        if args.tiny:  # the first frames of each sequence, copied under OUT (the tests' helper), keep the smoke test short
-            from conftest import copy_short_sequence  # tests/ is on sys.path after write_random_sd
-
-            davis_root = out / "davis_tiny"
-            shutil.rmtree(davis_root, ignore_errors=True)
-            for seq in sequences:
-                copy_short_sequence(args.davis_root, davis_root, seq, TINY_FRAMES)
-        cmd = [py, "-m", "vidprop", "davis", "--config", str(REPO / "configs" / "davis2017_dift_sd.yaml"),
-               "--davis-root", str(davis_root), "--sequences", ",".join(sequences), "--out", str(run_out),
-               "--device", args.device, "--set", f"features.dift.model_id={model}"]
-        for setting in E2E_SETTINGS:
-            cmd += ["--set", setting]
-        if args.tiny:
-            cmd += ["--short-side", "64", "--set", "features.dift.ensemble_size=1", "--set", "features.dift.up_ft_index=1"]
-        with UtilSampler(args.device) as sampler:
-            s = run_step("e2e", cmd, 180 * scale, logs, env={"HF_HUB_OFFLINE": "1"})
-        frames = _count_frames(davis_root, sequences)
-        s.update(sequences=sequences, frames=frames, model_build_s=built, gpu_utilisation=sampler.summary(), settings=list(E2E_SETTINGS),
-                 frames_per_s=frames / s["wall_s"] if s["status"] == "ok" else None)
-        steps["e2e"] = s
-
+def _save(out: Path, report: dict) -> None:
     report["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     _atomic_write(out / "gpu_check.json", json.dumps(report, indent=2))
     _atomic_write(out / "gpu_check.md", markdown(report))
-    print(markdown(report))
-    return 0 if all(s["status"] in ("ok", "skipped") for s in steps.values()) else 1
+
+
+def _over_budget(name: str) -> dict:  # noqa: ARG001 - the name is the caller's key
+    return {"status": "skipped", "reason": "the time budget (--budget) is spent"}
+
+
+def _tests_step(args, logs: Path, budget: Budget, sequences) -> dict:
+    timeout = budget.timeout(240 * args.timeout_scale)
+    if timeout is None:
+        return _over_budget("tests")
+    junit = logs / "gpu_tests.xml"
+    s = run_step("tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={junit}",
+                           "tests/test_propagation.py", "tests/test_gpu_check.py"], timeout, logs)
+    if junit.exists():
+        import xml.etree.ElementTree as ET
+
+        suite = ET.parse(junit).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        s["summary"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    if s["status"] == "failed" and s.get("summary", {}).get("tests", 0) == s.get("summary", {}).get("skipped", -1):
+        s["status"] = "ok"  # pytest exits 5 when every selected test is deselected/skipped; the summary says so
+    return s
+
+
+def _dift_step(spec, args, logs: Path, budget: Budget, sequences) -> dict:
+    name, backend, options, wanted_s = spec
+    if args.tiny:
+        return {"status": "skipped", "reason": "full-size architecture; not run with --tiny"}
+    timeout = budget.timeout(wanted_s * args.timeout_scale)
+    if timeout is None:
+        return _over_budget(name)
+    bench_json = logs / f"{name}.json"
+    s = run_step(name, [sys.executable, "tools/bench_dift.py", "--backend", backend, "--device", args.device, *options,
+                        "--frames", "8", "--skip-baseline", "--json", str(bench_json)], timeout, logs)
+    if bench_json.exists():
+        s["results"] = _dift_summary(bench_json)
+    return s
+
+
+def _propagation_step(args, logs: Path, budget: Budget, sequences) -> dict:
+    timeout = budget.timeout(120 * args.timeout_scale)
+    if timeout is None:
+        return _over_budget("propagation")
+    prop_json = logs / "propagation.json"
+    size = ["--grid", "8x12", "--frames", "6", "--measure", "2", "--n-last-frames", "3", "--radius", "3",
+            "--peak-repeat", "2"] if args.tiny else ["--frames", "31", "--measure", "2"]
+    s = run_step("propagation", [sys.executable, "tools/bench_propagation.py", "--sections", "dift", "--dift-variants", "torch",
+                                 "--repeat", "1" if args.tiny else "3", "--device", args.device, *size,
+                                 "--json", str(prop_json)], timeout, logs)
+    if prop_json.exists():
+        s["results"] = json.loads(prop_json.read_text())
+    return s
+
+
+def _e2e_step(args, logs: Path, budget: Budget, sequences) -> dict:
+    timeout = budget.timeout(180 * args.timeout_scale)
+    if timeout is None:
+        return _over_budget("e2e")
+    out = args.out
+    model = out / "random_sd21"
+    start = time.perf_counter()
+    if not (model / "unet").is_dir():
+        write_random_sd(model, args.tiny)
+    built = time.perf_counter() - start
+    timeout = budget.timeout(timeout)  # writing the model took some of it
+    if timeout is None:
+        return _over_budget("e2e")
+    run_out = out / "e2e_masks"
+    davis_root = args.davis_root
+    if args.tiny:  # the first frames of each sequence, copied under OUT (the tests' helper), keep the smoke test short
+        from conftest import copy_short_sequence  # tests/ is on sys.path after write_random_sd
+
+        davis_root = out / "davis_tiny"
+        shutil.rmtree(davis_root, ignore_errors=True)
+        for seq in sequences:
+            copy_short_sequence(args.davis_root, davis_root, seq, TINY_FRAMES)
+    cmd = [sys.executable, "-m", "vidprop", "davis", "--config", str(REPO / "configs" / "davis2017_dift_sd.yaml"),
+           "--davis-root", str(davis_root), "--sequences", ",".join(sequences), "--out", str(run_out),
+           "--device", args.device, "--set", f"features.dift.model_id={model}"]
+    for setting in E2E_SETTINGS:
+        cmd += ["--set", setting]
+    if args.tiny:
+        cmd += ["--short-side", "64", "--set", "features.dift.ensemble_size=1", "--set", "features.dift.up_ft_index=1"]
+    with UtilSampler(args.device) as sampler:
+        s = run_step("e2e", cmd, timeout, logs, env={"HF_HUB_OFFLINE": "1"})
+    frames = _count_frames(davis_root, sequences)
+    s.update(sequences=sequences, frames=frames, model_build_s=built, gpu_utilisation=sampler.summary(), settings=list(E2E_SETTINGS),
+             frames_per_s=frames / s["wall_s"] if s["status"] == "ok" else None)
+    return s
 
 
 if __name__ == "__main__":
