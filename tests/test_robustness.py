@@ -391,3 +391,24 @@ def test_evaluate_refuses_a_report_folder_in_the_ground_truth_or_a_file(short_se
     # the predictions folder stays the default place (the official tool's), and a folder beside the GT is fine
     assert cli.main(davis[:-1]) == 0 and (pred / "global_results-val.csv").is_file()
     assert cli.main([*davis, str(root / "reports")]) == 0 and (root / "reports" / "global_results-val.csv").is_file()
+
+
+# --- resume: an overlay asked for later -------------------------------------------------------------
+
+
+def test_overlay_asked_for_on_a_complete_folder_is_written(seq, tmp_path, capsys, caplog):
+    # the folder was complete without an overlay, so `--overlay` skipped it: exit 0 and no overlay
+    frames, mask = seq
+    out = tmp_path / "out"
+    assert _propagate(frames, mask, out) == 0
+    masks = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    capsys.readouterr()
+    assert _propagate(frames, mask, out, "--overlay") == 0
+    assert "complete, but without the mp4 overlay asked for: redoing it" in caplog.text
+    assert (out / "overlay.mp4").stat().st_size > 0
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == masks
+    capsys.readouterr()
+    assert _propagate(frames, mask, out, "--overlay") == 0
+    assert "1 already complete" in capsys.readouterr().out
+    assert _propagate(frames, mask, out, "--overlay", "--set", "runtime.overlay_format=png") == 0
+    assert sorted(p.stem for p in (out / "overlay").glob("*.png")) == sorted(p.stem for p in frames.iterdir())

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from vidprop import __version__
-from vidprop.config import VidpropConfig, dump_config, result_fingerprint
+from vidprop.config import RuntimeConfig, VidpropConfig, dump_config, result_fingerprint
 from vidprop.device import distributed_env
 from vidprop.engines import Task, run_tasks
 from vidprop.errors import ConfigError, MaskError, OutputError, SourceError, VidpropError
@@ -388,6 +388,22 @@ def is_finished(job: VideoJob, fingerprint: str) -> bool:
     return True
 
 
+def _lacks_overlay(job: VideoJob, runtime: RuntimeConfig) -> bool:
+    """Whether ``runtime`` asks for an overlay that ``job``'s complete folder lacks (an earlier run
+    without ``--overlay``, or with the other format); logs it."""
+    from vidprop.overlay import OverlayWriter
+
+    if not runtime.overlay or OverlayWriter(job.out_dir, runtime.overlay_format).path.exists():
+        return False
+    logger.info("%s: complete, but without the %s overlay asked for: redoing it", job.name, runtime.overlay_format)
+    return True
+
+
+def _is_done(job: VideoJob, config: VidpropConfig, fingerprint: str) -> bool:
+    """:func:`is_finished`, and holding the overlay when ``config`` asks for one."""
+    return is_finished(job, fingerprint) and not _lacks_overlay(job, config.runtime)
+
+
 def open_job(job: VideoJob, data: DataConfig | None = None) -> VideoInput:
     """Open and check a job's frames and masks (once; see :func:`~vidprop.pipeline.inputs.open_video`).
 
@@ -448,7 +464,7 @@ def run_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:
     fingerprint = result_fingerprint(config)
     if job.out_dir is None:
         raise VidpropError(f"{job.name}: the job has no output folder")
-    if not config.runtime.overwrite and is_finished(job, fingerprint):
+    if not config.runtime.overwrite and _is_done(job, config, fingerprint):
         logger.info("%s: already complete, skipping (--overwrite redoes it)", job.name)
         return VideoOutcome(job.name, "skipped")
     record = completion_record(job, fingerprint)  # the inputs as they are read now
@@ -690,5 +706,5 @@ def run_videos(
     starting a worker; the videos run on ``runtime.engine`` (here, or on a Ray cluster).
     """
     fingerprint = result_fingerprint(config)
-    skip = None if config.runtime.overwrite else (lambda job: is_finished(job, fingerprint))
+    skip = None if config.runtime.overwrite else (lambda job: _is_done(job, config, fingerprint))
     return run_jobs(jobs, config, MaskWriter, pipeline=pipeline, config_dirs=config_dirs, skip=skip)
