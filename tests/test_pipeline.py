@@ -6,6 +6,7 @@ they run in seconds on a CPU; one runs the DIFT backend with the tiny random SD 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 from pathlib import Path
@@ -174,6 +175,25 @@ def test_find_videos_conventions(videos, tmp_path, seq_dir):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="no frames"):
         find_videos(tmp_path / "empty", tmp_path / "out", masks_dir=masks)
+
+
+def test_videos_in_formats_not_read_are_named_not_left_out_silently(videos, tmp_path, caplog, davis_root):
+    # a video of BMP frames (or a .m4v file) beside readable ones was dropped without a word, its mask unused
+    src, masks = videos
+    (src / "goat").mkdir()
+    for p in sorted((davis_root / "JPEGImages" / "480p" / "goat").glob("*.jpg"))[:3]:
+        Image.open(p).save(src / "goat" / f"{p.stem}.bmp")
+    (src / "clip.m4v").write_bytes((src / "dog.mp4").read_bytes())
+    shutil.copy2(first_mask_of(davis_root, "goat"), masks / "goat.png")
+    caplog.set_level(logging.WARNING)
+    jobs = find_videos(src, tmp_path / "out", masks_dir=masks)
+    assert [j.name for j in jobs] == ["blackswan", "car-shadow", "dog"]
+    assert "not read, neither a video file nor a sub-folder of frames (frames .jpg/.jpeg/.png, videos .mp4" in caplog.text
+    assert "clip.m4v, goat/" in caplog.text
+    assert f"{masks}: masks of no video in {src}, not used: goat.png" in caplog.text
+    # alone, such a folder is an error that says what it holds
+    with pytest.raises(SourceError, match=r"no frames, video files .*\); it holds 00000.bmp, 00001.bmp, 00002.bmp$"):
+        find_videos(src / "goat", tmp_path / "out", mask=masks / "goat.png")
 
 
 def test_batch_writes_every_frame_with_palette_config_and_marker(videos, tmp_path):

@@ -49,7 +49,7 @@ from vidprop.engines import Task, run_tasks
 from vidprop.errors import ConfigError, MaskError, OutputError, SourceError, VidpropError
 from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info, remove_stale_temporaries
 from vidprop.io.config import DataConfig
-from vidprop.io.frames import is_image_file, is_video_file, natural_key
+from vidprop.io.frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_image_file, is_video_file, natural_key
 from vidprop.io.masks import check_mask_file, list_mask_files, write_mask
 from vidprop.io.outputs import changed_inputs, check_output_locations, input_identity, prepare_output_folder
 from vidprop.io.writer import BackgroundWriter
@@ -175,6 +175,19 @@ def _video_name(path: Path) -> str:
     return path.stem if path.is_file() else path.name
 
 
+def _listed(folder: Path) -> list[Path]:
+    """The entries of ``folder`` but hidden ones, in natural order."""
+    return sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+
+
+def _some(paths: Sequence[Path], limit: int = 8) -> str:
+    names = [p.name + ("/" if p.is_dir() else "") for p in paths[:limit]]
+    return ", ".join(names) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+READ_KINDS = f"frames {'/'.join(IMAGE_EXTENSIONS)}, videos {'/'.join(VIDEO_EXTENSIONS)}"
+
+
 def _masks_in(masks_dir: Path, name: str) -> dict[str, Any]:
     """Video ``name``'s masks in ``masks_dir``: ``<name>.png`` is its first frame's mask; the PNGs
     of ``<name>/`` are masks of the frames of the same names (keyframes).
@@ -219,8 +232,12 @@ def list_videos(source: str | os.PathLike) -> tuple[bool, list[tuple[str, Path]]
     if source.is_file() or _frame_folder(source):
         return False, [(_video_name(source), source)]
     entries = _video_entries(source)
+    unread = [p for p in _listed(source) if p not in entries]
     if not entries:
-        raise SourceError("no frames, video files or sub-folders of frames found", source)
+        held = f"; it holds {_some(unread)}" if unread else "; it is empty"
+        raise SourceError(f"no frames, video files or sub-folders of frames found ({READ_KINDS}){held}", source)
+    if unread:  # a video in another format would otherwise be left out without a word
+        logger.warning("%s: not read, neither a video file nor a sub-folder of frames (%s): %s", source, READ_KINDS, _some(unread))
     seen: dict[str, Path] = {}
     for entry in entries:
         name = _video_name(entry)
@@ -297,6 +314,10 @@ def find_videos(
             source,
         )
     roots = (("folder of videos", Path(source)), *roots)
+    names = {name for name, _ in videos}
+    unused = [p for p in _listed(Path(masks_dir)) if (p.is_dir() or p.suffix.lower() == ".png") and _video_name(p) not in names]
+    if unused:
+        logger.warning("%s: masks of no video in %s, not used: %s", masks_dir, source, _some(unused))
     return [
         VideoJob(name=name, source=path, out_dir=out_dir / name, inputs=roots, **_masks_in(Path(masks_dir), name))
         for name, path in videos
