@@ -474,3 +474,33 @@ def test_streamed_arrays_report_misuse_as_source_errors(seq_dir):
     with pytest.raises(SourceError, match="can be read once"):
         list(stream)
     assert ArrayFrameSource(images).names == ["00000", "00001"]
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_non_finite_features_stop_the_video_naming_the_frame(seq_dir, monkeypatch, deferred):
+    """NaN features of frame 3 (an fp16 overflow, say) stop the video there with an error naming the frame:
+    at once on the CPU, with the frame's mask on a GPU (the deferred check, forced here on the CPU)."""
+    from vidprop.errors import ShapeError
+    from vidprop.features.config import LabConfig
+    from vidprop.features.lab import LabExtractor
+    from vidprop.propagation import engine
+
+    class Overflowing(LabExtractor):
+        seen = 0
+
+        def extract(self, images):
+            out = super().extract(images)
+            for i in range(out.shape[0]):
+                if Overflowing.seen + i == 3:
+                    out[i, 0, 1, 1] = float("nan")
+            Overflowing.seen += out.shape[0]
+            return out
+
+    if deferred:
+        monkeypatch.setattr(engine, "_defers_checks", lambda device: True)
+    pipe = VideoPipeline(lab_config(), extractor=Overflowing(LabConfig()))
+    names = []
+    with pytest.raises(ShapeError, match=r"frame 00003 \(index 3\): .*1 NaN or infinite"):
+        for out in pipe.propagate(frames_of(seq_dir), first_mask_of(seq_dir)):
+            names.append(out.name)
+    assert names == ["00000", "00001", "00002"]  # no mask of the bad frame, nor after it

@@ -28,6 +28,7 @@ object in channel order, the order of first appearance).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vidprop.errors import MaskError, SourceError
+from vidprop.errors import MaskError, ShapeError, SourceError
 from vidprop.features.base import FeatureMap
 from vidprop.io.frames import Frame
 from vidprop.io.masks import VOID_ID, LabelMask, ObjectIds, labels_to_onehot
@@ -211,6 +212,15 @@ def as_keyframes(
     return Keyframes(frames=tuple(frames), object_ids=ObjectIds(tuple(known)), first_appearance=first_appearance)
 
 
+@contextlib.contextmanager
+def _about(frame: Frame) -> Iterator[None]:
+    """Name ``frame`` in a propagation error about its features (the propagator knows no frame names)."""
+    try:
+        yield
+    except ShapeError as exc:
+        raise ShapeError(f"frame {frame.name} (index {frame.index}): {exc}") from exc
+
+
 class KeyframePropagation:
     """A video's keyframes carried through its feature maps with one propagation setting.
 
@@ -284,8 +294,9 @@ class KeyframePropagation:
             if prop is None:
                 prop, _ = self._propagator(fmap.features, first)
                 continue
-            soft = prop.step(fmap.features)
-            yield frame, self.keyframes.object_ids.to_ids(prop.to_mask(soft, fmap.stride, frame.size))
+            with _about(frame):
+                ids = self.keyframes.object_ids.to_ids(prop.to_mask(prop.step(fmap.features), fmap.stride, frame.size))
+            yield frame, ids
         if expected != -1:
             raise SourceError(f"backward pass ended at frame {expected + 1}, before frame 0")
 
@@ -298,9 +309,17 @@ class KeyframePropagation:
             frame: the frame (index, name and size are used).
             fmap: its feature map.
 
+        Raises:
+            ShapeError: non-finite features, naming the frame (on a GPU the check is read with
+                the frame's mask, see :meth:`~vidprop.propagation.LabelPropagator.step`).
+
         Returns:
             (H, W) uint8 ids.
         """
+        with _about(frame):
+            return self._step(frame, fmap)
+
+    def _step(self, frame: Frame, fmap: FeatureMap) -> np.ndarray:
         features, stride = fmap.features, fmap.stride
         keyframe = self.keyframes.at(frame.index)
         if self._forward is None:
