@@ -399,7 +399,8 @@ def test_backends_and_thread_counts_agree():
 def test_auto_backend_choice():
     grid = (6, 7)
     labels = random_onehot(1, 2, grid)
-    for channels, dtype, expected in ((9, None, "fused"), (640, None, "strips"), (9, "float64", "strips")):
+    for channels, dtype, expected in ((9, None, "fused"), (24, None, "fused"), (25, None, "strips"), (640, None, "strips"),
+                                      (9, "float64", "strips")):
         prop = LabelPropagator(PropagationConfig(topk=3, radius=2, dtype=dtype))
         prop.reset(torch.randn(channels, *grid), labels)
         assert prop.backend == (expected if fused.AVAILABLE or expected != "fused" else "strips")
@@ -438,11 +439,12 @@ def test_dtype_and_device_follow_config():
 
 
 @pytest.mark.gpu
-def test_cuda_matches_cpu_dense():
+@pytest.mark.parametrize("backend", ["auto", "strips"])
+def test_cuda_matches_cpu_dense(backend):
     grid = (20, 23)
     feats = random_features(13, 32, grid, 6)
     labels = random_onehot(5, 3, grid)
-    cfg = PropagationConfig(topk=15, n_last_frames=3, radius=5)
+    cfg = PropagationConfig(topk=15, n_last_frames=3, radius=5, backend=backend)
     fast, dense = LabelPropagator(dataclasses.replace(cfg, device="cuda")), DensePropagator(cfg)
     fast.reset(feats[0], labels)
     dense.reset(feats[0], labels)

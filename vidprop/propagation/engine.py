@@ -53,9 +53,9 @@ logger = logging.getLogger(__name__)
 
 MAX_CHANNELS = 256  # masks are uint8 channel indices
 
-# Above this many feature channels the torch backend's matrix products beat the fused kernel's
-# vector loops (measured with tools/bench_propagation.py --crossover; see the README).
-FUSED_MAX_CHANNELS = 32
+# Above this many feature channels the strips backend's matrix products beat the fused kernel's
+# vector loops (equal CPU time at 24 channels: tools/bench_propagation.py --crossover; see the README).
+FUSED_MAX_CHANNELS = 24
 
 
 @contextlib.contextmanager
