@@ -196,6 +196,16 @@ def test_videos_in_formats_not_read_are_named_not_left_out_silently(videos, tmp_
         find_videos(src / "goat", tmp_path / "out", mask=masks / "goat.png")
 
 
+def test_a_keyframe_mask_that_is_not_a_png_is_an_error(videos, tmp_path):
+    # a corrected mask saved as JPEG in masks/<video>/ was left out silently (--mask refuses a JPEG mask)
+    src, masks = videos
+    Image.open(masks / "blackswan" / "00000.png").convert("L").save(masks / "blackswan" / "00002.jpg")
+    with pytest.raises(MaskError) as info:
+        find_videos(src, tmp_path / "out", masks_dir=masks)
+    assert info.value.path == str(masks / "blackswan")
+    assert "masks named by frame must be PNG files" in info.value.message and "also holds 00002.jpg" in info.value.message
+
+
 def test_batch_writes_every_frame_with_palette_config_and_marker(videos, tmp_path):
     src, masks = videos
     out = tmp_path / "out"

@@ -196,10 +196,18 @@ def _masks_in(masks_dir: Path, name: str) -> dict[str, Any]:
         ``VideoJob`` fields: ``{"mask": path}`` or ``{"keyframes": ((frame name, path), ...)}``.
 
     Raises:
-        MaskError: neither exists, or both do (which one is meant cannot be told).
+        MaskError: neither exists, or both do (which one is meant cannot be told), or ``<name>/``
+            holds files other than PNGs.
     """
     flat, folder = masks_dir / f"{name}.png", masks_dir / name
     pngs = list_mask_files(folder) if folder.is_dir() else []
+    others = [p for p in _listed(folder) if p.is_file() and p.suffix.lower() != ".png"] if folder.is_dir() else []
+    if others:  # a mask saved as JPEG (or BMP, ...) for a later frame would be left out without a word
+        raise MaskError(
+            f"masks named by frame must be PNG files (lossless, indexed or grayscale, pixel value = object id), "
+            f"but {name}/ also holds {_some(others)}: save them as PNG, or move them out",
+            folder,
+        )
     if flat.is_file() and pngs:
         raise MaskError(
             f"video {name!r} has both {flat.name} (its first frame's mask) and masks in {name}/ (masks named by "
