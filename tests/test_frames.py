@@ -95,6 +95,22 @@ def test_image_folder_mixed_extensions_and_other_files(seq_dir, tmp_path):
     np.testing.assert_array_equal(frames[1].image, _pil_rgb(jpgs[1]))  # PNG is lossless
 
 
+def test_frames_in_formats_not_read_are_named_in_a_warning(seq_dir, tmp_path, caplog):
+    # a frame saved as BMP among JPEGs was skipped without a word: the video lost a frame and its mask
+    folder = tmp_path / "gap"
+    folder.mkdir()
+    jpgs = sorted(seq_dir.glob("*.jpg"))[:4]
+    for p in jpgs:
+        shutil.copy2(p, folder / p.name)
+    Image.open(jpgs[2]).save(folder / f"{jpgs[2].stem}.bmp")
+    (folder / jpgs[2].name).unlink()
+    (folder / "notes.txt").write_text("not an image: no warning")
+    source = ImageFolderSource(folder)
+    assert source.names == [jpgs[0].stem, jpgs[1].stem, jpgs[3].stem]
+    assert f"{folder}: 1 image file(s) in formats not read as frames (only .jpg/.jpeg/.png), skipped: {jpgs[2].stem}.bmp" in caplog.text
+    assert "notes.txt" not in caplog.text
+
+
 def test_grayscale_and_rgba_frames_become_rgb(tmp_path):
     folder = tmp_path / "modes"
     folder.mkdir()

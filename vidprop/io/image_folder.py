@@ -185,6 +185,17 @@ def list_frame_files(folder: str | Path) -> list[Path]:
     )
 
 
+def _images_not_read(folder: Path) -> list[str]:
+    """Names of the files in ``folder`` that Pillow knows as images but that are not frames (BMP,
+    TIFF, WebP, ...), in natural order."""
+    known = Image.registered_extensions()
+    return sorted(
+        (p.name for p in folder.iterdir()
+         if not p.name.startswith(".") and p.suffix.lower() in known and not is_image_file(p) and p.is_file()),
+        key=natural_key,
+    )
+
+
 class ImageFolderSource:
     """Frames from a folder of jpg/jpeg/png files, sorted naturally (``frame2`` before ``frame10``).
 
@@ -243,6 +254,11 @@ class ImageFolderSource:
         self.names = names
         self.size = size
         logger.debug("%s: %d frames of %dx%d", path, len(files), *size)
+        other = _images_not_read(path)
+        if other:  # a frame saved as BMP or TIFF among JPEGs would leave a gap without a word
+            shown = ", ".join(other[:8]) + (f" and {len(other) - 8} more" if len(other) > 8 else "")
+            logger.warning("%s: %d image file(s) in formats not read as frames (only %s), skipped: %s",
+                           path, len(other), "/".join(IMAGE_EXTENSIONS), shown)
         if rotated:
             logger.info("%s: %d of %d frames carry an EXIF orientation; they are read as displayed (rotated/flipped)", path, rotated, len(files))
         if sixteen_bit:
