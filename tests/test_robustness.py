@@ -412,3 +412,25 @@ def test_overlay_asked_for_on_a_complete_folder_is_written(seq, tmp_path, capsys
     assert "1 already complete" in capsys.readouterr().out
     assert _propagate(frames, mask, out, "--overlay", "--set", "runtime.overlay_format=png") == 0
     assert sorted(p.stem for p in (out / "overlay").glob("*.png")) == sorted(p.stem for p in frames.iterdir())
+
+
+def test_feature_cache_that_is_a_file_is_refused_with_the_path(short_sequence, tmp_path, caplog):
+    # every video failed on its first cache write with NotADirectoryError (a traceback, exit 1)
+    root = short_sequence("car-shadow", 4)
+    frames = root / "JPEGImages" / "480p" / "car-shadow"
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    cases = [
+        ["propagate", str(frames), "--mask", str(root / "Annotations" / "480p" / "car-shadow" / "00000.png"), "--out", str(tmp_path / "a")],
+        ["extract", str(frames)],
+        ["davis", "--davis-root", str(root), "--out", str(tmp_path / "b")],
+        ["sweep", "--davis-root", str(root), "--out", str(tmp_path / "c"), "--grid", "propagation.topk=5,10"],
+    ]
+    for argv in cases:
+        for cache, message in ((existing, f"{existing}: the feature cache is an existing file"),
+                               (existing / "sub", f"cannot create the feature cache: {existing} is a file")):
+            caplog.clear()
+            assert cli.main([*argv, "--cache-dir", str(cache), *FAST]) == 2, argv
+            assert message in caplog.text, (argv, caplog.text)
+            _no_traceback(caplog)
+    assert existing.read_text() == "mine"

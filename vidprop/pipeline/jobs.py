@@ -673,7 +673,7 @@ def run_jobs(
     it, naming the paths): the output folders (each job's and ``config_dirs``) and the feature
     cache must not be, lie inside, or contain an input; with the ``local`` engine the feature
     stage is described once, which finds the model (unless every video is skipped); and
-    ``config_dirs`` must be folders that can be created and written to.
+    ``config_dirs`` and the feature cache must be folders that can be created and written to.
 
     Returns:
         The outcome of each job of this shard, in order.
@@ -714,6 +714,8 @@ def run_jobs(
     for folder in config_dirs:
         prepare_output_folder(folder)
         dump_config(config, folder / CONFIG_FILE)
+    if tasks and config.features.cache.dir is not None:  # else every video fails on its first write, with a traceback
+        prepare_output_folder(config.features.cache.dir, "feature cache")
     outcomes.update(run_tasks(tasks, functools.partial(worker, pipeline=reused), config).outcomes)
     summary = RunSummary(tuple(outcomes[job.name] for job in mine))
     logger.info(

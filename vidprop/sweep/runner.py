@@ -194,13 +194,18 @@ def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], 
         mark_complete(folder, _marker(point, video, count))
 
 
+def _cache_dirs(grid: Grid) -> list[Path]:
+    """The feature cache folders of the grid's points."""
+    return [Path(d) for d in sorted({p.config.features.cache.dir for p in grid.points} - {None})]
+
+
 def _check_locations(grid: Grid, data: Any, out_dir: Path) -> None:
     """Refuse a sweep folder or feature cache that is, lies inside, or contains an input."""
     from vidprop.pipeline import job_inputs
 
     inputs = [*data.inputs, *(pair for video in data.videos for pair in job_inputs(_job(video)))]
     outputs = [("sweep folder", out_dir)]
-    outputs += [("feature cache", Path(d)) for d in {p.config.features.cache.dir for p in grid.points} if d is not None]
+    outputs += [("feature cache", d) for d in _cache_dirs(grid)]
     check_output_locations(outputs, inputs)
 
 
@@ -228,6 +233,8 @@ def run_sweep(grid: Grid, data: Any, out_dir: str | Path, overwrite: bool = Fals
     out_dir = Path(out_dir)
     _check_locations(grid, data, out_dir)
     prepare_output_folder(out_dir, "sweep folder")
+    for cache_dir in _cache_dirs(grid):
+        prepare_output_folder(cache_dir, "feature cache")
     signature = data.signature
     sequences = [v.name for v in data.videos]
     results: dict[int, PointResult] = {}
