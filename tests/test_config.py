@@ -190,6 +190,7 @@ def test_result_fingerprint_follows_only_result_options():
         ["propagation.topk=10"], ["features.dift.timestep=101"], ["features.dift.seed=1"], ["features.backend=lab"],
         ["features.cache.dir=/tmp/cache"],  # features come back rounded to float16
         ["features.cache.dir=/tmp/cache", "features.cache.dtype=bfloat16"],
+        ["runtime.dtype=bfloat16"], ["runtime.tf32=false"],
     ]
     for overrides in different:
         assert result_fingerprint(base.with_overrides(overrides)) != fp, overrides

@@ -311,8 +311,8 @@ def dump_config(cfg: VidpropConfig, path: str | os.PathLike) -> Path:
 
 
 def result_fingerprint(cfg: VidpropConfig) -> str:
-    """A short hash of every option that changes the output masks (not runtime, scoring or where
-    the feature cache is).
+    """A short hash of every option that changes the output masks (of runtime only ``dtype`` and
+    ``tf32``; not scoring or where the feature cache is).
 
     Used to tell whether a complete output folder was made with the same settings. Of the cache
     it covers the storage dtype: features come back rounded to it (float32 storage and no cache
@@ -324,6 +324,8 @@ def result_fingerprint(cfg: VidpropConfig) -> str:
     data.get("data", {}).pop("prefetch", None)
     data.get("features", {}).pop("cache", None)
     data["dtype"] = cfg.runtime.dtype
+    # TF32 rounds the feature model's products on CUDA (~1e-3 relative): enough to move masks.
+    data["tf32"] = cfg.runtime.tf32
     cache = cfg.features.cache
     if cache.dir is not None and cache.dtype != "float32":
         data["feature_cache_dtype"] = cache.dtype
