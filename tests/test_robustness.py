@@ -434,3 +434,28 @@ def test_feature_cache_that_is_a_file_is_refused_with_the_path(short_sequence, t
             assert message in caplog.text, (argv, caplog.text)
             _no_traceback(caplog)
     assert existing.read_text() == "mine"
+
+
+def test_redoing_a_video_removes_what_the_earlier_run_wrote_and_this_one_does_not(seq, tmp_path, caplog):
+    # frames removed since a complete run: the redo left their masks (and a stale overlay) beside the new ones
+    frames, mask = seq
+    src = tmp_path / "frames"
+    shutil.copytree(frames, src)
+    out = tmp_path / "out"
+    (out / "mine").mkdir(parents=True)
+    (out / "mine" / "keep.png").write_bytes(b"not vidprop's")
+    assert _propagate(src, mask, out, "--overlay", "--set", "runtime.overlay_format=png") == 0
+    names = sorted(p.stem for p in src.glob("*.jpg"))
+    assert sorted(p.stem for p in out.glob("*.png")) == names and (out / "overlay").is_dir()
+    (src / f"{names[-1]}.jpg").unlink()
+    assert _propagate(src, mask, out) == 0
+    assert "the frames changed" in caplog.text
+    assert f"removed {1 + len(names)} file(s) of the earlier run that this run does not write: {names[-1]}.png, overlay/{names[0]}.png" in caplog.text
+    assert sorted(p.stem for p in out.glob("*.png")) == names[:-1]
+    assert not (out / "overlay").exists() and (out / "mine" / "keep.png").read_bytes() == b"not vidprop's"
+    # a folder that was never complete keeps its PNGs: they may not be vidprop's
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "zz.png").write_bytes(b"user's")
+    assert _propagate(src, mask, other) == 0
+    assert (other / "zz.png").read_bytes() == b"user's"

@@ -34,6 +34,7 @@ otherwise the video is redone and the log says which of them changed (:func:`is_
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -502,6 +503,8 @@ def run_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:
         raise MaskError(f"no mask given for video {job.name!r}")
     pipeline.features  # finds the model (a missing one fails here, before any folder is made)
     prepare_output_folder(job.out_dir)
+    if read_complete_info(job.out_dir) is not None:  # a complete run's folder, redone: nothing of it may outlive the redo
+        _remove_earlier_outputs(job.out_dir, video.source.names, config.runtime)
     clear_complete(job.out_dir)
     remove_stale_temporaries(job.out_dir)  # what a killed run of this video left (the overlay cleans its own)
     count, seconds = _write_masks(pipeline, job, video)
@@ -511,6 +514,35 @@ def run_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:
     )
     logger.info("%s: %d frames in %.1f s (%.2f frames/s)", job.name, count, seconds, count / max(seconds, 1e-9))
     return VideoOutcome(job.name, "done", frames=count, seconds=seconds)
+
+
+def _remove_earlier_outputs(out_dir: Path, names: Sequence[str], runtime: RuntimeConfig) -> None:
+    """Delete what a complete earlier run wrote into ``out_dir`` and this run will not overwrite:
+    masks of frames the video no longer has (frames removed or renamed since), and an overlay
+    of a format this run does not write. Only called on a folder holding a completion marker."""
+    from vidprop.overlay import OVERLAY_FORMATS, OverlayWriter
+
+    frames = set(names)
+    stale = [p for p in out_dir.glob("*.png") if p.stem not in frames]
+    folders = []
+    for fmt in OVERLAY_FORMATS:
+        path = OverlayWriter(out_dir, fmt).path
+        if runtime.overlay and fmt == runtime.overlay_format:
+            continue
+        if path.is_dir():
+            stale += path.glob("*.png")
+            folders.append(path)
+        elif path.is_file():
+            stale.append(path)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+    if stale:
+        shown = sorted((p.relative_to(out_dir).as_posix() for p in stale), key=natural_key)
+        logger.info("%s: removed %d file(s) of the earlier run that this run does not write: %s%s", out_dir, len(stale),
+                    ", ".join(shown[:8]), f" and {len(shown) - 8} more" if len(shown) > 8 else "")
 
 
 def _write_masks(pipeline: VideoPipeline, job: VideoJob, video: VideoInput) -> tuple[int, float]:
