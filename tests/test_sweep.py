@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -247,6 +249,14 @@ def test_an_interrupted_sweep_resumes_to_the_same_csv(three_sequences, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         run_sweep(grid, data, tmp_path / "resumed")
     assert len(_csv_rows(tmp_path / "resumed" / "sweep.csv")) == 2  # the first feature setting's points are done
+    # a killed sweep also leaves its temporaries: the resumed run removes them from the folders it redoes
+    from vidprop.io.atomic import is_complete
+
+    unfinished = sorted(d for d in (tmp_path / "resumed" / "points").glob("*/*") if d.is_dir() and not is_complete(d))
+    code = "import sys; from vidprop.io.atomic import temp_path; print(temp_path(sys.argv[1]))"
+    killed = subprocess.run([sys.executable, "-c", code, str(unfinished[0] / "00001.png")], capture_output=True, text=True, check=True)
+    stale = Path(killed.stdout.strip())
+    assert stale.is_file()
 
     todo_sizes = []
     monkeypatch.setattr(runner, "_run_pass", lambda shared, video, todo, clock: (todo_sizes.append(len(todo)), original(shared, video, todo, clock)))
@@ -255,6 +265,7 @@ def test_an_interrupted_sweep_resumes_to_the_same_csv(three_sequences, tmp_path,
     # only the second feature setting's last two videos run again: its first video was complete before Ctrl-C
     assert todo_sizes == [2, 2]
     assert _without_seconds(tmp_path / "resumed" / "sweep.csv") == _without_seconds(tmp_path / "full" / "sweep.csv")
+    assert not stale.exists()
     assert (tmp_path / "resumed" / "best.yaml").read_text() == (tmp_path / "full" / "best.yaml").read_text()
 
 
