@@ -38,6 +38,16 @@ def test_python_m_vidprop_help_lists_the_commands():
     assert proc.stdout.strip() == "False", proc.stderr
 
 
+def test_verbosity_flags_go_before_or_after_the_command():
+    # `vidprop propagate ... -v` was "unrecognized arguments: -v"
+    parser = cli.build_parser()
+    tail = ["--gt", "g", "--pred", "p"]
+    for argv, verbose, quiet in ((["-v", "evaluate", *tail], True, False), (["evaluate", *tail, "-v"], True, False),
+                                 (["evaluate", "-q", *tail], False, True), (["evaluate", *tail], False, False)):
+        args = parser.parse_args(argv)
+        assert (args.verbose, args.quiet) == (verbose, quiet), argv
+
+
 @pytest.mark.parametrize("command", ["propagate", "davis", "extract"])
 def test_help_documents_every_option_and_config_key(command, capsys):
     with pytest.raises(SystemExit) as exit_:

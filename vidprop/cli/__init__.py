@@ -48,14 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Propagate video object masks with diffusion features (DIFT) and score them with DAVIS J&F.",
     )
     parser.add_argument("--version", action="version", version=f"vidprop {__version__}")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    _add_verbosity(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in _available_subcommands():
         sub = module.register(subparsers)
+        _add_verbosity(sub, default=argparse.SUPPRESS)  # `vidprop propagate ... -v` too; SUPPRESS keeps a -v given before
         sub.set_defaults(_run=module.run)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default) -> None:
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", default=default, help="log debug messages")
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=default, help="log warnings and errors only")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
