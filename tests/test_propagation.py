@@ -223,7 +223,8 @@ def test_strip_shapes_give_identical_masks_on_real_frames(davis_root):
                 plan = StripPlan(grid, radius, width, n_valid, strip_bytes(rows, width, radius, radius, n_valid))
                 assert plan.rows == rows and len(plan.strips) == -(-grid[1] // width)
                 soft = propagate_strips(query, store, label_store, n_valid, plan, topk=topk, temperature=0.2,
-                                        workspace=Workspace(), weights_from_top=weights_from_top,
+                                        workspaces=[Workspace() for _ in range(1 + width % 2)],
+                                        weights_from_top=weights_from_top,
                                         threshold_candidates=threshold_candidates)
                 torch.testing.assert_close(soft, ref, rtol=1e-5, atol=1e-6)
                 np.testing.assert_array_equal(labels_to_mask(soft.permute(2, 0, 1), 16, mask0.shape), ref_mask)
@@ -394,6 +395,28 @@ def test_backends_and_thread_counts_agree():
     torch.testing.assert_close(outs["fused", 1], outs["torch", None], rtol=1e-5, atol=1e-6)
     for a, b in zip(outs["fused", 1], outs["torch", None]):
         np.testing.assert_array_equal(labels_to_mask(a, 8, (184, 248)), labels_to_mask(b, 8, (184, 248)))
+
+
+def test_strips_thread_counts_agree_bitwise():
+    """The strips backend's workers take whole strips: results do not depend on their number, which
+    may change between frames (config.threads is read at every step)."""
+    grid = (23, 31)
+    feats = random_features(43, 40, grid, 6)
+    labels = random_onehot(44, 3, grid)
+    outs = {}
+    for threads in (1, 3):
+        prop = LabelPropagator(PropagationConfig(topk=15, n_last_frames=3, radius=5, backend="strips", threads=threads))
+        prop.reset(feats[0], labels)
+        outs[threads] = torch.stack([prop.step(f) for f in feats[1:]])
+    torch.testing.assert_close(outs[3], outs[1], rtol=0, atol=0)
+    prop = LabelPropagator(PropagationConfig(topk=15, n_last_frames=3, radius=5, backend="strips", threads=2))
+    prop.reset(feats[0], labels)
+    switched = []
+    for i, f in enumerate(feats[1:]):
+        prop.config = dataclasses.replace(prop.config, threads=1 + i % 3)
+        switched.append(prop.step(f))
+    torch.testing.assert_close(torch.stack(switched), outs[1], rtol=0, atol=0)
+    assert torch.get_num_threads() >= 1
 
 
 def test_auto_backend_choice():

@@ -44,7 +44,7 @@ class PropagationConfig:
     device: str | None = option(None, help="device for the propagation state, e.g. 'cpu' or 'cuda:0' (null = the first frame's features' device)")
     dtype: str | None = option(None, help="float32 or float64 (null = float32, as the reference)")
     backend: str = option("auto", help="'fused' (numba window top-k kernel; CPU, float32), 'strips' (matrix products over column strips, exact in rows; any device), 'torch' (matrix products over square blocks; any device), or 'auto' (on the CPU: fused up to 24 channels in float32, else strips where a strip fits memory_budget_mib, else torch; torch on other devices); results are the same")
-    threads: int | None = option(None, help="CPU threads of the fused kernel (null = the cores this process may use); 'torch' uses torch's own thread setting")
+    threads: int | None = option(None, help="CPU threads of the fused and strips backends (null = the cores this process may use); 'torch' uses torch's own thread setting")
     backward: bool = option(True, help="label the frames before a video's first given mask by propagating backwards in time from it (false: leave them empty)")
 
     def __post_init__(self) -> None:

@@ -220,7 +220,8 @@ class _StripsBackend(_Store):
         self.size = grid_size
         self.features = torch.empty(*grid_size, slots, channels, device=device, dtype=dtype)
         self.labels = torch.empty(*grid_size, slots, k, device=device, dtype=dtype)
-        self.workspace = Workspace()
+        self.threads = 1  # workers on the CPU (set before each step by LabelPropagator)
+        self.workspaces: list[Workspace] = []
 
     def store(self, slot: int, cells: Tensor, labels: Tensor) -> None:
         """Write normalised cells (h, w, C) and labels (h, w, K) into ``slot``."""
@@ -240,8 +241,10 @@ class _StripsBackend(_Store):
         assert sorted(active) == list(range(n_valid))  # the set of slots matters, not their order
         cfg = self.cfg
         plan = _strip_plan(cfg, self.size, n_valid, self.features.dtype)
+        workers = self.threads if self.features.device.type == "cpu" else 1
+        self.workspaces += [Workspace() for _ in range(workers - len(self.workspaces))]
         return propagate_strips(cells, self.features, self.labels, n_valid, plan, topk=cfg.topk,
-                                temperature=cfg.temperature, workspace=self.workspace,
+                                temperature=cfg.temperature, workspaces=self.workspaces[:workers],
                                 weights_from_top=weights_from_top, threshold_candidates=threshold_candidates)
 
 
@@ -611,9 +614,9 @@ class LabelPropagator:
         return normalize_cells(features.to(device=store.device, dtype=store.dtype))
 
     def _threads(self):
-        """Thread settings of one step: the fused kernel's workers (``config.threads``, read at every
-        step, so it may change between frames) and one torch thread around the fused backend."""
-        if self._backend is None or self._backend.name != "fused":
+        """Thread settings of one step: the fused and strips backends' workers (``config.threads``, read
+        at every step, so it may change between frames) and one torch thread around them."""
+        if self._backend is None or self._backend.name not in ("fused", "strips"):
             return contextlib.nullcontext()
         self._backend.threads = self.config.threads or fused.default_threads()
         return _one_torch_thread()

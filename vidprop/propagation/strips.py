@@ -27,7 +27,8 @@ every in-radius candidate (:func:`vidprop.propagation.engine.threshold_candidate
 
 from __future__ import annotations
 
-import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -222,8 +223,13 @@ def _threshold_ties(buf: _Buffer, ties: Tensor, y0: int, x0: int, width: int, si
 
 
 def propagate_strips(query: Tensor, store: Tensor, labels: Tensor, n_valid: int, plan: StripPlan, *, topk: int,
-                     temperature: float, workspace, weights_from_top, threshold_candidates) -> Tensor:
+                     temperature: float, workspaces: list, weights_from_top, threshold_candidates) -> Tensor:
     """Soft labels of one target frame.
+
+    Strips are handed out one at a time to ``len(workspaces)`` workers: the calling thread plus
+    Python threads, each running torch on one thread (torch releases the GIL in its kernels). No
+    OpenMP region spans workers, so a worker the OS deschedules on a busy machine holds up only its
+    own strip. Results do not depend on the number of workers (each strip's arithmetic is the same).
 
     Args:
         query: (h, w, C) normalised target cells.
@@ -232,7 +238,7 @@ def propagate_strips(query: Tensor, store: Tensor, labels: Tensor, n_valid: int,
         n_valid: filled context slots.
         plan: :class:`StripPlan` of the grid and radius.
         topk, temperature: the reference's k and T.
-        workspace: scratch buffers (``take(name, shape, like)``).
+        workspaces: one scratch-buffer holder per worker (``take(name, shape, like)``), at least one.
         weights_from_top, threshold_candidates: the engine's weighting from the k+1 best candidates
             and full-threshold fallback (see :mod:`vidprop.propagation.engine`).
 
@@ -240,29 +246,64 @@ def propagate_strips(query: Tensor, store: Tensor, labels: Tensor, n_valid: int,
         (h, w, K) soft labels.
     """
     assert store.is_contiguous() and labels.is_contiguous()
+    out = query.new_empty(*plan.size, labels.shape[-1])
+    args = (query, store, labels, n_valid, plan, topk, temperature, out, weights_from_top, threshold_candidates)
+    workers = min(len(workspaces), len(plan.strips))
+    if workers <= 1:
+        for strip in plan.strips:
+            _strip(strip, workspaces[0], *args)
+        return out
+    pending = iter(plan.strips)
+    lock = threading.Lock()
+    inference = torch.is_inference_mode_enabled()
+    before = torch.get_num_threads()
+
+    def work(workspace) -> None:
+        # Grad and inference modes are per thread: take the caller's (``out`` may be an inference tensor).
+        with torch.inference_mode(inference), torch.no_grad():
+            torch.set_num_threads(1)
+            while True:
+                with lock:
+                    strip = next(pending, None)
+                if strip is None:
+                    return
+                _strip(strip, workspace, *args)
+
+    try:
+        with ThreadPoolExecutor(workers - 1) as pool:
+            helpers = [pool.submit(work, ws) for ws in workspaces[1:workers]]
+            work(workspaces[0])
+            for helper in helpers:
+                helper.result()
+    finally:
+        torch.set_num_threads(before)  # torch keeps the last setting for threads created later
+    return out
+
+
+def _strip(strip: tuple[int, int], workspace, query: Tensor, store: Tensor, labels: Tensor, n_valid: int,
+           plan: StripPlan, topk: int, temperature: float, out: Tensor, weights_from_top, threshold_candidates) -> None:
+    """Soft labels of one strip's targets, written to ``out`` (h, w, K)."""
+    x0, width = strip
     h, w, n_slots, c = store.shape
     k_ch = labels.shape[-1]
     full = n_valid == n_slots
     ry, rx = plan.ry, plan.rx
     flat_labels = labels.view(-1, k_ch)
-    out = query.new_empty(h, w, k_ch)
     count = topk + 1
-    for x0, width in plan.strips:
-        for y0, y1 in plan.chunks:
-            rows = y1 - y0
-            shape = (rows + 2 * ry, 2 * ry + 1, width, width + 2 * rx, n_valid)
-            buf = _Buffer(workspace.take("strips", shape, store), rows, width, ry, rx, n_valid, full)
-            maxima = workspace.take("maxima", (rows, width, 2 * ry + 1, n_valid), store)
-            _products(query, store, buf, maxima, x0, width, y0, y1, ry, rx, n_valid)
-            values, flat = _select(buf, maxima, count)
-            if values.shape[1] < count:
-                pad = count - values.shape[1]
-                values = torch.cat([values, values.new_full((values.shape[0], pad), float("-inf"))], 1)
-                flat = torch.cat([flat, flat[:, :1].expand(-1, pad)], 1)
-            index = _label_index(flat, y0, rows, x0, width, (h, w), ry, rx, n_slots, n_valid)
-            soft, ties = weights_from_top(values, index, flat_labels, topk, temperature)
-            if ties.numel():
-                soft[ties] = _threshold_ties(buf, ties, y0, x0, width, (h, w), ry, rx, n_slots, n_valid, flat_labels,
-                                             topk, temperature, threshold_candidates)
-            out[y0:y1, x0:x0 + width] = soft.view(rows, width, k_ch)
-    return out
+    for y0, y1 in plan.chunks:
+        rows = y1 - y0
+        shape = (rows + 2 * ry, 2 * ry + 1, width, width + 2 * rx, n_valid)
+        buf = _Buffer(workspace.take("strips", shape, store), rows, width, ry, rx, n_valid, full)
+        maxima = workspace.take("maxima", (rows, width, 2 * ry + 1, n_valid), store)
+        _products(query, store, buf, maxima, x0, width, y0, y1, ry, rx, n_valid)
+        values, flat = _select(buf, maxima, count)
+        if values.shape[1] < count:
+            pad = count - values.shape[1]
+            values = torch.cat([values, values.new_full((values.shape[0], pad), float("-inf"))], 1)
+            flat = torch.cat([flat, flat[:, :1].expand(-1, pad)], 1)
+        index = _label_index(flat, y0, rows, x0, width, (h, w), ry, rx, n_slots, n_valid)
+        soft, ties = weights_from_top(values, index, flat_labels, topk, temperature)
+        if ties.numel():
+            soft[ties] = _threshold_ties(buf, ties, y0, x0, width, (h, w), ry, rx, n_slots, n_valid, flat_labels,
+                                         topk, temperature, threshold_candidates)
+        out[y0:y1, x0:x0 + width] = soft.view(rows, width, k_ch)
