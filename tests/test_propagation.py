@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from vidprop.config_base import from_dict
 from vidprop.errors import ConfigError, ShapeError
 from vidprop.propagation import LabelPropagator, PropagationConfig, labels_to_mask
-from vidprop.propagation import fused
+from vidprop.propagation import engine, fused
 from vidprop.propagation.dense import DensePropagator, dense_propagate, dense_to_mask, neighbourhood_mask
 from vidprop.propagation.kernels import BlockGrid, TilePlan, normalize_cells, propagate_blocks, to_blocks
 
@@ -431,6 +432,28 @@ def test_auto_backend_choice():
     prop = LabelPropagator(PropagationConfig(topk=3, radius=0, memory_budget_mib=16))
     prop.reset(torch.randn(640, 60, 104), random_onehot(1, 2, (60, 104)))
     assert prop.backend == "torch"
+
+
+def test_auto_without_numba_warns_once_and_keeps_results(monkeypatch, caplog):
+    # A broken or missing numba install must not make runs silently several times slower.
+    grid = (6, 7)
+    feats = random_features(3, 9, grid, 2)
+    labels = random_onehot(2, 2, grid)
+    expected = LabelPropagator(PropagationConfig(topk=3, radius=2, backend="strips"))
+    expected.reset(feats[0], labels)
+    monkeypatch.setattr(fused, "AVAILABLE", False)
+    engine._warn_no_numba.cache_clear()
+    outs = []
+    with caplog.at_level(logging.WARNING, logger="vidprop.propagation.engine"):
+        for _ in range(2):
+            prop = LabelPropagator(PropagationConfig(topk=3, radius=2))
+            prop.reset(feats[0], labels)
+            assert prop.backend == "strips"
+            outs.append(prop.step(feats[1]))
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1 == len(caplog.records)
+    assert "numba is not installed" in caplog.records[0].message
+    torch.testing.assert_close(outs[0], expected.step(feats[1]), rtol=0, atol=0)
+    engine._warn_no_numba.cache_clear()
 
 
 def test_strips_backend_refuses_a_window_over_the_budget():

@@ -428,9 +428,17 @@ def _choose_backend(cfg: PropagationConfig, device: torch.device, dtype: torch.d
                           key="propagation.backend")
     if cfg.backend in ("torch", "strips"):
         return cfg.backend
-    if fits and fused.AVAILABLE and channels <= FUSED_MAX_CHANNELS:
-        return "fused"
+    if fits and channels <= FUSED_MAX_CHANNELS:
+        if fused.AVAILABLE:
+            return "fused"
+        _warn_no_numba()
     return "strips" if device.type == "cpu" and strips_fit else "torch"
+
+
+@functools.cache
+def _warn_no_numba() -> None:
+    logger.warning("numba is not installed: propagation falls back to the matrix-product backends, several times "
+                   "slower for features of up to %d channels (same results); pip install numba", FUSED_MAX_CHANNELS)
 
 
 def _check_features(features: Tensor, what: str, finite: bool = True) -> None:
