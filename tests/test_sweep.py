@@ -377,6 +377,12 @@ def test_a_sweep_over_other_data_in_the_same_folder_redoes_every_point(davis_roo
     assert again.resumed == 0
     assert _without_seconds(tmp_path / "sweep" / "sweep.csv") == _without_seconds(tmp_path / "fresh" / "sweep.csv")
     assert {r.index: r.j_and_f for r in again.results.values()} == {r.index: r.j_and_f for r in fresh.results.values()}
+    # back to the shorter video: the masks of frames it lacks do not stay beside the new ones
+    run_sweep(grid, DavisSweepData(short), tmp_path / "sweep")
+    folders = sorted((tmp_path / "sweep" / "points").glob("*/dog"))
+    assert len(folders) == 2
+    for folder in folders:
+        assert sorted(p.name for p in folder.glob("*.png")) == [f"{i:05d}.png" for i in range(4)], folder
 
 
 
