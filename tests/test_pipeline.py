@@ -514,3 +514,14 @@ def test_non_finite_features_stop_the_video_naming_the_frame(seq_dir, monkeypatc
         for out in pipe.propagate(frames_of(seq_dir), first_mask_of(seq_dir)):
             names.append(out.name)
     assert names == ["00000", "00001", "00002"]  # no mask of the bad frame, nor after it
+
+
+def test_one_mask_for_a_folder_of_videos_is_refused_with_the_count(videos, tmp_path, davis_root):
+    src, _ = videos
+    with pytest.raises(MaskError, match="holds 3 videos: --mask gives one video's mask"):
+        find_videos(src, tmp_path / "out", mask=first_mask_of(davis_root, "car-shadow"))
+    single = tmp_path / "single"
+    shutil.copytree(src / "car-shadow", single / "car-shadow")
+    (single / "notes.txt").write_text("not a video")
+    with pytest.raises(MaskError, match="holds 1 video: --mask"):
+        find_videos(single, tmp_path / "out1", mask=first_mask_of(davis_root, "car-shadow"))

@@ -313,7 +313,7 @@ def find_videos(
         return [VideoJob(name=name, source=path, out_dir=out_dir, inputs=roots, **_masks_in(Path(masks_dir), name))]
     if mask is not None:
         raise MaskError(
-            f"this folder holds {len(videos)} videos: --mask gives one video's mask; give the masks of all with "
+            f"this folder holds {len(videos)} video{'s' * (len(videos) != 1)}: --mask gives one video's mask; give the masks of all with "
             "--masks DIR (holding <video>.png or <video>/<frame>.png)",
             source,
         )
