@@ -256,20 +256,8 @@ def test_tie_rows_found_once_per_frame_equal_tie_rows_found_per_run():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_real_frames_match_dense(davis_root, backend):
     """Colour features pooled from real DAVIS frames (many near-identical cells), first real mask."""
-    from PIL import Image
-
-    seq = "car-shadow"
-    frames = sorted((davis_root / "JPEGImages" / "480p" / seq).glob("*.jpg"))[:5]
-    mask0 = np.asarray(Image.open(davis_root / "Annotations" / "480p" / seq / "00000.png"))
     stride = 16
-    feats = []
-    for path in frames:
-        rgb = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
-        pooled = F.avg_pool2d(rgb[None], stride)[0]
-        feats.append(torch.cat([pooled, pooled - pooled.mean((1, 2), keepdim=True)]))
-    grid = tuple(feats[0].shape[1:])
-    small = np.array(Image.fromarray((mask0 > 0).astype(np.uint8)).resize((grid[1], grid[0]), Image.NEAREST))
-    labels = F.one_hot(torch.from_numpy(small).long(), 2).permute(2, 0, 1).float()
+    feats, mask0, labels = _car_shadow(davis_root, 5, stride)
     cfg = PropagationConfig(topk=15, n_last_frames=2, radius=4, temperature=0.2, backend=backend)
     masks = []
     for soft, ref, mask, ref_mask in run_both(cfg, feats, labels, stride, mask0.shape):

@@ -28,6 +28,7 @@ __all__ = [
     "explicit_keys",
     "config_keys_help",
     "quiet_secondary_ranks",
+    "print_failed",
     "print_summary",
     "split_and_overrides",
     "add_davis_options",
@@ -191,11 +192,16 @@ def quiet_secondary_ranks() -> None:
         set_progress_enabled(False)
 
 
-def print_summary(summary, out_dir) -> None:
-    """One line per failed video and a total line, on stdout."""
+def print_failed(summary) -> int:
+    """One line per failed video, on stdout; returns the frames of all outcomes."""
     for outcome in summary.failed:
         print(f"FAILED {outcome.name}: {outcome.error}")
-    frames = sum(o.frames for o in summary.outcomes)
+    return sum(o.frames for o in summary.outcomes)
+
+
+def print_summary(summary, out_dir) -> None:
+    """One line per failed video and a total line, on stdout."""
+    frames = print_failed(summary)
     print(
         f"{summary.count('done')} video(s) done ({frames} frames), {summary.count('skipped')} already complete, "
         f"{summary.count('failed')} failed -> {out_dir}"

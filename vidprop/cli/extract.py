@@ -12,6 +12,7 @@ from vidprop.cli.common import (
     add_run_options,
     config_from_args,
     parse_sequences,
+    print_failed,
     quiet_secondary_ranks,
     split_and_overrides,
 )
@@ -54,8 +55,6 @@ def run(args: argparse.Namespace) -> int:
         sequences=parse_sequences(args.sequences),
         resolution=args.resolution,
     )
-    for outcome in summary.failed:
-        print(f"FAILED {outcome.name}: {outcome.error}")
-    frames = sum(o.frames for o in summary.outcomes)
+    frames = print_failed(summary)
     print(f"{summary.count('done')} video(s), {frames} frames in the cache {config.features.cache.dir}; {summary.count('failed')} failed")
     return summary.exit_code

@@ -504,8 +504,7 @@ def run_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:
         raise MaskError(f"no mask given for video {job.name!r}")
     pipeline.features  # finds the model (a missing one fails here, before any folder is made)
     prepare_output_folder(job.out_dir)
-    if read_complete_info(job.out_dir) is not None:  # a complete run's folder, redone: nothing of it may outlive the redo
-        remove_earlier_outputs(job.out_dir, video.source.names, config.runtime)
+    remove_earlier_outputs(job.out_dir, video.source.names, config.runtime)
     clear_complete(job.out_dir)
     remove_stale_temporaries(job.out_dir)  # what a killed run of this video left (the overlay cleans its own)
     count, seconds = _write_masks(pipeline, job, video)
@@ -520,8 +519,11 @@ def run_job(job: VideoJob, pipeline: VideoPipeline) -> VideoOutcome:
 def remove_earlier_outputs(out_dir: Path, names: Sequence[str], runtime: RuntimeConfig) -> None:
     """Delete what a complete earlier run wrote into ``out_dir`` and this run will not overwrite:
     masks of frames the video no longer has (frames removed or renamed since), and an overlay
-    of a format this run does not write. Call it only on a folder holding a completion marker
-    (a folder vidprop made), before redoing the video (the job runner and the sweep do)."""
+    of a format this run does not write. Call it before redoing the video (the job runner and the
+    sweep do); it does nothing unless ``out_dir`` holds a completion marker (a folder vidprop made
+    complete), so that nothing of a complete earlier run outlives the redo."""
+    if read_complete_info(out_dir) is None:
+        return
     from vidprop.overlay import OVERLAY_FORMATS, OverlayWriter
 
     frames = set(names)

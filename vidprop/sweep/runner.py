@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from vidprop import __version__
 from vidprop.config import dump_config, result_fingerprint
 from vidprop.errors import ConfigError, VidpropError
-from vidprop.io.atomic import clear_complete, mark_complete, read_complete_info, remove_stale_temporaries
+from vidprop.io.atomic import clear_complete, mark_complete, remove_stale_temporaries
 from vidprop.io.outputs import check_output_locations, prepare_output_folder
 from vidprop.log import progress
 from vidprop.sweep.grid import Grid, GridPoint
@@ -153,8 +153,7 @@ def _run_pass(shared: Any, video: Any, todo: list[tuple[GridPoint, Path, int]], 
     members: dict[int, list[GridPoint]] = {}
     for point, folder, setting in todo:
         folder.mkdir(parents=True, exist_ok=True)
-        if read_complete_info(folder) is not None:  # redone: no mask of the earlier data may stay beside the new ones
-            remove_earlier_outputs(folder, source.names, point.config.runtime)
+        remove_earlier_outputs(folder, source.names, point.config.runtime)
         clear_complete(folder)
         remove_stale_temporaries(folder)  # what a killed sweep left in this folder
         config = VideoPipeline(point.config).propagation_config(video.n_last_frames)
